@@ -1,1 +1,9 @@
-//! bottle launcher library.
+//! bottle: an AI coding agent in a container whose HTTPS egress is decrypted by a per-bottle
+//! mitmproxy and scanned by pipelock before it leaves.
+//!
+//! This library is the one source of truth for what a bottle is; the harness brings bottles up
+//! from it. Today it holds the Docker connection and the locally built images.
+
+pub mod docker;
+pub mod images;
+pub mod progress;

@@ -1,0 +1,70 @@
+//! Removing what test runs leave behind: containers and networks whose creating process is gone
+//! (a test killed with SIGKILL cannot clean up after itself).
+
+use anyhow::Result;
+use bollard::Docker;
+use bollard::query_parameters::{
+    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use std::collections::HashMap;
+
+use crate::run::OWNER_LABEL;
+
+fn alive(pid: &str) -> bool {
+    std::path::Path::new("/proc").join(pid).exists()
+}
+
+fn filter() -> HashMap<String, Vec<String>> {
+    HashMap::from([("label".to_string(), vec![OWNER_LABEL.to_string()])])
+}
+
+/// Removes containers, then networks, labelled by a harness process that no longer runs.
+/// `only_pid` restricts it to one (live or not) process: this process's own teardown.
+pub async fn sweep(docker: &Docker, only_pid: Option<u32>) -> Result<usize> {
+    let owned_by_dead = |labels: Option<&HashMap<String, String>>| {
+        let Some(pid) = labels.and_then(|l| l.get(OWNER_LABEL)) else {
+            return false;
+        };
+        match only_pid {
+            Some(mine) => *pid == mine.to_string(),
+            None => !alive(pid),
+        }
+    };
+    let mut removed = 0;
+    let containers = docker
+        .list_containers(Some(
+            ListContainersOptionsBuilder::new()
+                .all(true)
+                .filters(&filter())
+                .build(),
+        ))
+        .await?;
+    for c in containers
+        .iter()
+        .filter(|c| owned_by_dead(c.labels.as_ref()))
+    {
+        let id = c.id.as_deref().unwrap_or_default();
+        let options = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        if docker.remove_container(id, Some(options)).await.is_ok() {
+            removed += 1;
+        }
+    }
+    let networks = docker
+        .list_networks(Some(
+            ListNetworksOptionsBuilder::new().filters(&filter()).build(),
+        ))
+        .await?;
+    for n in networks.iter().filter(|n| owned_by_dead(n.labels.as_ref())) {
+        if docker
+            .remove_network(n.id.as_deref().unwrap_or_default())
+            .await
+            .is_ok()
+        {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}

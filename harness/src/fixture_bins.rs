@@ -1,0 +1,58 @@
+//! The fixture binaries (recording upstream, pipelock double), built by cargo for the fixtures
+//! image. Cargo is the source of truth: when the binaries are fresh this is a quick no-op.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+pub const FIXTURE_PACKAGES: [&str; 2] = ["bottle-upstream", "pipelock-double"];
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the harness lives in the workspace")
+        .to_path_buf()
+}
+
+/// Builds the fixture binaries and returns their paths.
+pub fn build() -> Result<Vec<PathBuf>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(&cargo);
+    cmd.current_dir(workspace_root()).args([
+        "build",
+        "--bins",
+        "--message-format=json-render-diagnostics",
+    ]);
+    for package in FIXTURE_PACKAGES {
+        cmd.args(["-p", package]);
+    }
+    let output = cmd
+        .output()
+        .with_context(|| format!("running {cargo} build"))?;
+    if !output.status.success() {
+        bail!(
+            "building the fixture binaries failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let mut binaries = Vec::new();
+    for line in output
+        .stdout
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+    {
+        let message: serde_json::Value = serde_json::from_slice(line)?;
+        if let Some(exe) = message.get("executable").and_then(|e| e.as_str()) {
+            binaries.push(PathBuf::from(exe));
+        }
+    }
+    binaries.sort();
+    if binaries.len() != FIXTURE_PACKAGES.len() {
+        bail!(
+            "expected {} fixture binaries, cargo reported {binaries:?}",
+            FIXTURE_PACKAGES.len()
+        );
+    }
+    Ok(binaries)
+}

@@ -1,0 +1,70 @@
+//! Internal networks for tests: no gateway, so nothing on them can reach beyond the machine.
+//! testcontainers creates networks only as non-internal, so the harness makes its own.
+
+use anyhow::{Context, Result};
+use bollard::Docker;
+use bollard::models::NetworkCreateRequest;
+
+use crate::run;
+
+/// An internal network that is removed (with every container still on it) when dropped.
+pub struct InternalNetwork {
+    docker: Docker,
+    pub name: String,
+}
+
+impl InternalNetwork {
+    pub async fn create(docker: &Docker, prefix: &str) -> Result<Self> {
+        let name = run::unique(prefix);
+        docker
+            .create_network(NetworkCreateRequest {
+                name: name.clone(),
+                internal: Some(true),
+                labels: Some(run::labels()),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("creating internal network {name}"))?;
+        Ok(InternalNetwork {
+            docker: docker.clone(),
+            name,
+        })
+    }
+}
+
+impl Drop for InternalNetwork {
+    fn drop(&mut self) {
+        // Drop cannot await; a short-lived runtime on another thread does the removal, so this
+        // works from inside a Tokio runtime and after it (e.g. while a panic unwinds).
+        let (docker, name) = (self.docker.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for network removal");
+            rt.block_on(remove_with_containers(&docker, &name));
+        })
+        .join();
+    }
+}
+
+/// Force-removes the network's remaining containers first: Docker refuses to remove a network
+/// that still has endpoints.
+async fn remove_with_containers(docker: &Docker, name: &str) {
+    if let Ok(net) = docker
+        .inspect_network(
+            name,
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await
+    {
+        for id in net.containers.unwrap_or_default().keys() {
+            let options = bollard::query_parameters::RemoveContainerOptionsBuilder::new()
+                .force(true)
+                .v(true)
+                .build();
+            let _ = docker.remove_container(id, Some(options)).await;
+        }
+    }
+    let _ = docker.remove_network(name).await;
+}

@@ -1,0 +1,314 @@
+//! Images built here, with no registry: a Debian base by debootstrap, and images built FROM it
+//! by the engine's classic builder with no network. The harness and the launcher both call
+//! [`ensure`]; tags are content hashes, so an existing image is reused and a missing one is
+//! built on demand, with progress on stderr.
+
+mod base;
+mod build;
+mod fetch;
+pub mod recipes;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use bollard::Docker;
+use bytes::Bytes;
+
+pub use recipes::Recipe;
+
+use crate::docker::{DockerUnreachable, is_not_found};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(transparent)]
+    Docker(#[from] DockerUnreachable),
+    #[error("building {image} failed at step `{step}`:\n{tail}\n{hint}")]
+    StepFailed {
+        image: String,
+        step: String,
+        tail: String,
+        hint: String,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("the Docker engine failed while {context}: {source}")]
+    Engine {
+        context: String,
+        source: bollard::errors::Error,
+    },
+    #[error(
+        "the fixtures image needs the fixture binaries; build them with \
+         `cargo build -p bottle-upstream -p pipelock-double` and pass their paths"
+    )]
+    NoFixtureBinaries,
+}
+
+pub(crate) fn io_err(context: &str) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
+    move |source| ImageError::Io {
+        context: context.to_string(),
+        source,
+    }
+}
+
+/// The last `n` lines of a step's output, for error messages.
+pub(crate) fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Where and how images are made.
+#[derive(Clone, Debug)]
+pub struct ImageOptions {
+    /// Downloads (wheels, the Claude CLI), the build lock and scratch space.
+    pub cache_dir: PathBuf,
+    /// The Debian mirror debootstrap uses.
+    pub debian_mirror: String,
+    /// The fixture binaries the fixtures image carries (only the harness has them).
+    pub fixture_binaries: Vec<PathBuf>,
+}
+
+impl ImageOptions {
+    /// `BOTTLE_CACHE_DIR` (default `$XDG_CACHE_HOME/bottle` or `~/.cache/bottle`) and
+    /// `BOTTLE_DEBIAN_MIRROR` (default the Debian CDN).
+    pub fn from_env() -> Self {
+        let cache_dir = std::env::var_os("BOTTLE_CACHE_DIR")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("bottle")))
+            .or_else(|| std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/bottle")))
+            .unwrap_or_else(|| std::env::temp_dir().join("bottle-cache"));
+        let debian_mirror = std::env::var("BOTTLE_DEBIAN_MIRROR")
+            .unwrap_or_else(|_| "http://deb.debian.org/debian".to_string());
+        ImageOptions {
+            cache_dir,
+            debian_mirror,
+            fixture_binaries: Vec::new(),
+        }
+    }
+}
+
+/// The tag `recipe` has with these options: a pure function of the recipes and inputs.
+pub fn tag_of(opts: &ImageOptions, recipe: Recipe) -> Result<String, ImageError> {
+    match recipe.parent() {
+        None => Ok(recipes::base_tag()),
+        Some(parent) => {
+            if recipe == Recipe::Fixtures && opts.fixture_binaries.is_empty() {
+                return Err(ImageError::NoFixtureBinaries);
+            }
+            let spec = recipes::docker_recipe(recipe, &opts.fixture_binaries)
+                .expect("every recipe with a parent is a Dockerfile");
+            recipes::docker_tag(recipe, &spec, &tag_of(opts, parent)?)
+        }
+    }
+}
+
+/// Makes sure the images of `wanted` (and their parents) exist, building what is missing, and
+/// returns their tags in the same order. Concurrent callers on one machine serialise on a lock
+/// file, so only one of them builds and the others find the images there.
+pub async fn ensure(
+    docker: &Docker,
+    opts: &ImageOptions,
+    wanted: &[Recipe],
+) -> Result<Vec<String>, ImageError> {
+    let mut tags = Vec::new();
+    let mut missing = Vec::new();
+    for &recipe in wanted {
+        collect_missing(docker, opts, recipe, &mut missing).await?;
+        tags.push(tag_of(opts, recipe)?);
+    }
+    if missing.is_empty() {
+        return Ok(tags);
+    }
+    std::fs::create_dir_all(&opts.cache_dir).map_err(io_err("creating the cache folder"))?;
+    let _lock = lock(&opts.cache_dir.join("images.lock")).await?;
+    for recipe in missing {
+        let tag = tag_of(opts, recipe)?;
+        // Another process may have built it while we waited for the lock.
+        if exists(docker, &tag).await? {
+            continue;
+        }
+        build_one(docker, opts, recipe, &tag).await?;
+    }
+    Ok(tags)
+}
+
+/// Parents first, each once.
+async fn collect_missing(
+    docker: &Docker,
+    opts: &ImageOptions,
+    recipe: Recipe,
+    missing: &mut Vec<Recipe>,
+) -> Result<(), ImageError> {
+    if let Some(parent) = recipe.parent() {
+        Box::pin(collect_missing(docker, opts, parent, missing)).await?;
+    }
+    if !missing.contains(&recipe) && !exists(docker, &tag_of(opts, recipe)?).await? {
+        missing.push(recipe);
+    }
+    Ok(())
+}
+
+pub async fn exists(docker: &Docker, tag: &str) -> Result<bool, ImageError> {
+    match docker.inspect_image(tag).await {
+        Ok(_) => Ok(true),
+        Err(e) if is_not_found(&e) => Ok(false),
+        Err(source) => Err(ImageError::Engine {
+            context: format!("looking for image {tag}"),
+            source,
+        }),
+    }
+}
+
+async fn build_one(
+    docker: &Docker,
+    opts: &ImageOptions,
+    recipe: Recipe,
+    tag: &str,
+) -> Result<(), ImageError> {
+    let scratch_root = opts.cache_dir.join("tmp");
+    std::fs::create_dir_all(&scratch_root).map_err(io_err("creating the scratch folder"))?;
+    // Removed on every exit path, success or failure: nothing half-made stays on disk.
+    let scratch = tempfile::Builder::new()
+        .prefix(recipe.repository())
+        .tempdir_in(&scratch_root)
+        .map_err(io_err("creating a scratch folder"))?;
+    match recipe.parent() {
+        None => base::build(docker, tag, &opts.debian_mirror, scratch.path()).await,
+        Some(parent) => {
+            let spec = recipes::docker_recipe(recipe, &opts.fixture_binaries)
+                .expect("every recipe with a parent is a Dockerfile");
+            let parent_tag = tag_of(opts, parent)?;
+            build::build(
+                docker,
+                recipe.repository(),
+                &spec,
+                tag,
+                &parent_tag,
+                &opts.cache_dir,
+                scratch.path(),
+            )
+            .await
+        }
+    }
+}
+
+/// Builds `tag` from a Dockerfile whose `FROM` names `${BASE}`, on top of `base_tag`, with no
+/// network and an empty context. For ad-hoc images and for testing failure handling.
+pub async fn build_from_dockerfile(
+    docker: &Docker,
+    opts: &ImageOptions,
+    tag: &str,
+    dockerfile: &'static str,
+    base_tag: &str,
+) -> Result<(), ImageError> {
+    let spec = recipes::DockerRecipe {
+        dockerfile,
+        parent_arg: "BASE",
+        wheels: None,
+        claude_wheel: None,
+        files: &[],
+        binaries: Vec::new(),
+    };
+    let scratch = tempfile::tempdir().map_err(io_err("creating a scratch folder"))?;
+    build::build(
+        docker,
+        "custom",
+        &spec,
+        tag,
+        base_tag,
+        &opts.cache_dir,
+        scratch.path(),
+    )
+    .await
+}
+
+/// An exclusive lock on a file, held until the returned handle drops.
+async fn lock(path: &Path) -> Result<std::fs::File, ImageError> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(io_err("opening the image build lock"))?;
+    if file.try_lock().is_err() {
+        eprintln!("[bottle] another process is building images; waiting for it ...");
+        return tokio::task::spawn_blocking(move || file.lock().map(|_| file))
+            .await
+            .expect("lock task panicked")
+            .map_err(io_err("waiting for the image build lock"));
+    }
+    Ok(file)
+}
+
+/// A running `tar` whose output is the request body of an import or a build.
+pub(crate) struct TarProcess(tokio::process::Child);
+
+impl TarProcess {
+    /// Waits for tar, so a read error in the folder is not mistaken for a short archive.
+    pub async fn finish(mut self) -> Result<(), ImageError> {
+        let status = self.0.wait().await.map_err(io_err("waiting for tar"))?;
+        if !status.success() {
+            return Err(ImageError::StepFailed {
+                image: "context".into(),
+                step: "tar".into(),
+                tail: format!("tar exited with {status}"),
+                hint: "check the folder is readable and the disk is not full.".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Streams `dir` as a tar archive (numeric owners, as the files are) without holding it in
+/// memory: the base root filesystem is ~300 MB and the Claude CLI ~370 MB.
+pub(crate) fn tar_stream(
+    dir: &Path,
+) -> Result<
+    (
+        impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+        TarProcess,
+    ),
+    ImageError,
+> {
+    use futures_util::TryStreamExt;
+    let mut child = tokio::process::Command::new("tar")
+        .args(["--numeric-owner", "-C"])
+        .arg(dir)
+        .args(["-cf", "-", "."])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(io_err("starting tar"))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stream = tokio_util::io::ReaderStream::with_capacity(stdout, 1 << 20).map_ok(Bytes::from);
+    Ok((stream, TarProcess(child)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
+        assert_eq!(tail("a", 5), "a");
+    }
+
+    #[test]
+    fn the_fixtures_image_refuses_to_hash_without_binaries() {
+        let opts = ImageOptions {
+            cache_dir: "/nonexistent".into(),
+            debian_mirror: String::new(),
+            fixture_binaries: Vec::new(),
+        };
+        assert!(matches!(
+            tag_of(&opts, Recipe::Fixtures),
+            Err(ImageError::NoFixtureBinaries)
+        ));
+        let base = tag_of(&opts, Recipe::Base).unwrap();
+        assert!(base.starts_with("bottle-base:"));
+    }
+}

@@ -1,0 +1,34 @@
+//! Progress of long steps (image builds), printed on stderr so that users see what is happening
+//! and how long it took, even when stdout is captured or piped.
+
+use std::time::Instant;
+
+/// One named step. Prints when it starts and, on `done`, its elapsed time.
+pub struct Step {
+    label: String,
+    started: Instant,
+}
+
+impl Step {
+    pub fn start(label: impl Into<String>) -> Self {
+        let label = label.into();
+        eprintln!("[bottle] {label} ...");
+        Step {
+            label,
+            started: Instant::now(),
+        }
+    }
+
+    /// A line of detail inside the step (a build step, a download).
+    pub fn detail(&self, line: &str) {
+        eprintln!("[bottle]   {line}");
+    }
+
+    pub fn done(self) {
+        eprintln!(
+            "[bottle] {} done in {:.1}s",
+            self.label,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+}
