@@ -15,6 +15,18 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Set by the nextest setup script for the tests it runs before: the fixture binaries it built,
+/// `:`-separated, so tests do not each run cargo again.
+pub const ENV: &str = "BOTTLE_FIXTURE_BINARIES";
+
+/// The fixture binaries: from [`ENV`] when the setup script built them, else built now.
+pub fn get() -> Result<Vec<PathBuf>> {
+    match std::env::var_os(ENV) {
+        Some(list) => Ok(std::env::split_paths(&list).collect()),
+        None => build(),
+    }
+}
+
 /// Builds the fixture binaries and returns their paths.
 pub fn build() -> Result<Vec<PathBuf>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -43,7 +55,11 @@ pub fn build() -> Result<Vec<PathBuf>> {
         .filter(|l| !l.is_empty())
     {
         let message: serde_json::Value = serde_json::from_slice(line)?;
-        if let Some(exe) = message.get("executable").and_then(|e| e.as_str()) {
+        let is_fixture_bin = message["target"]["kind"] == serde_json::json!(["bin"])
+            && FIXTURE_PACKAGES
+                .iter()
+                .any(|p| message["target"]["name"] == *p);
+        if let (true, Some(exe)) = (is_fixture_bin, message["executable"].as_str()) {
             binaries.push(PathBuf::from(exe));
         }
     }

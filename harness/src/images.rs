@@ -33,7 +33,7 @@ impl TestImages {
 /// Builds what is missing (progress on stderr) and returns every tag.
 pub async fn ensure(docker: &Docker) -> Result<TestImages> {
     let opts = ImageOptions {
-        fixture_binaries: fixture_bins::build()?,
+        fixture_binaries: fixture_bins::get()?,
         ..ImageOptions::from_env()
     };
     let tags = images::ensure(docker, &opts, &Recipe::ALL).await?;

@@ -27,6 +27,23 @@ fn pem_bodies(bundle: &str) -> Vec<String> {
         .collect()
 }
 
+/// Every file below `dir`.
+fn walk(dir: &str) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut dirs = vec![std::path::PathBuf::from(dir)];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path)
+            } else {
+                files.push(path)
+            }
+        }
+    }
+    files
+}
+
 /// A 64-character line from the middle of a certificate: a fixed string `grep -F` can look for
 /// in any PEM file, whatever its line layout.
 fn marker(body: &str) -> String {
@@ -40,11 +57,16 @@ async fn no_image_carries_the_build_hosts_certificates() -> Result<()> {
     cleanup::sweep(&docker, None).await?;
     let tags = bottle_harness::images::ensure(&docker).await?;
 
-    // The certificates the host trusts that Debian's ca-certificates does not ship: the
-    // TLS-intercepting proxy's CA on machines behind one.
+    // The certificates the host trusts beyond the public roots: the TLS-intercepting proxy's
+    // CA on machines behind one. Public roots (the host's ca-certificates package, the image's
+    // Debian bundle) are in images on purpose, and certifi carries them too.
     let host_path = std::env::var("SSL_CERT_FILE")
         .unwrap_or_else(|_| "/etc/ssl/certs/ca-certificates.crt".into());
     let host_bundle = std::fs::read_to_string(&host_path)?;
+    let mut public_roots = String::new();
+    for entry in walk("/usr/share/ca-certificates") {
+        public_roots.push_str(&std::fs::read_to_string(entry).unwrap_or_default());
+    }
     let probe = image(&tags.base)
         .with_cmd(["sleep", "infinity"])
         .with_labels(run::labels())
@@ -60,9 +82,10 @@ async fn no_image_carries_the_build_hosts_certificates() -> Result<()> {
     .await?
     .stdout;
     let debian: HashSet<String> = pem_bodies(&debian).into_iter().collect();
+    let public: HashSet<String> = pem_bodies(&public_roots).into_iter().collect();
     let host_only: Vec<String> = pem_bodies(&host_bundle)
         .into_iter()
-        .filter(|b| !debian.contains(b))
+        .filter(|b| !debian.contains(b) && !public.contains(b))
         .collect();
     probe.rm().await?;
     eprintln!(
@@ -84,36 +107,32 @@ async fn no_image_carries_the_build_hosts_certificates() -> Result<()> {
             .with_network("none")
             .start()
             .await?;
-        let search = |needle: &str| {
-            format!(
-                "grep -rlF -e '{needle}' / --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev \
-                 2>/dev/null; true"
-            )
-        };
-        let found = exec(
-            &docker,
-            container.id(),
-            Some("0"),
-            &["sh", "-c", &search(&control)],
-        )
-        .await?;
+        // One pass over the whole filesystem for every host certificate and the control.
+        let mut search = String::from("grep -rlF");
+        for needle in host_only.iter().map(|b| marker(b)).chain([control.clone()]) {
+            search.push_str(&format!(" -e '{needle}'"));
+        }
+        search.push_str(
+            " / --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev 2>/dev/null; true",
+        );
+        let found = exec(&docker, container.id(), Some("0"), &["sh", "-c", &search]).await?;
+        let hits: Vec<&str> = found.stdout.lines().collect();
+        // The system bundle holds the control certificate: proof the search finds what is there.
         ensure!(
-            !found.stdout.trim().is_empty(),
+            hits.contains(&"/etc/ssl/certs/ca-certificates.crt"),
             "{name}: the control certificate was not found, so the search cannot be trusted"
         );
-        for body in &host_only {
-            let found = exec(
-                &docker,
-                container.id(),
-                Some("0"),
-                &["sh", "-c", &search(&marker(body))],
-            )
-            .await?;
-            ensure!(
-                found.stdout.trim().is_empty(),
-                "{name} ({tag}) carries a certificate of the build host in {}",
-                found.stdout.trim()
-            );
+        // A matching file may hold only the control; look in each for a host certificate.
+        for file in hits {
+            let text = exec(&docker, container.id(), Some("0"), &["cat", file])
+                .await?
+                .stdout;
+            for body in &host_only {
+                ensure!(
+                    !text.contains(&marker(body)),
+                    "{name} ({tag}) carries a certificate of the build host in {file}"
+                );
+            }
         }
         let env = docker
             .inspect_image(tag)

@@ -34,6 +34,7 @@ async fn start(
     cmd: &[&str],
 ) -> Result<(ContainerAsync<GenericImage>, String)> {
     let name = run::unique(&format!("bottle-smoke-{role}"));
+    eprintln!("starting {role} as {name}");
     let container = image
         .into()
         .with_cmd(cmd.iter().copied())

@@ -1,12 +1,24 @@
 //! Ensures every image the suite needs, with progress: run once by nextest's setup script
 //! before the container tests, so the first build is visible and not raced by parallel tests.
 
-use anyhow::Result;
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use bottle_harness::fixture_bins;
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let docker = bottle::docker::connect().await?;
     let started = std::time::Instant::now();
+    let binaries = fixture_bins::build()?;
+    // Hand the binaries to the tests, so that they do not run cargo again.
+    if let Some(path) = std::env::var_os("NEXTEST_ENV") {
+        let mut file = std::fs::OpenOptions::new().append(true).open(path)?;
+        let joined = std::env::join_paths(&binaries).context("joining binary paths")?;
+        writeln!(file, "{}={}", fixture_bins::ENV, joined.to_string_lossy())?;
+    }
+    // SAFETY: single-threaded at this point; the variable is read by the ensure below.
+    unsafe { std::env::set_var(fixture_bins::ENV, std::env::join_paths(&binaries)?) };
     let images = bottle_harness::images::ensure(&docker).await?;
     for (name, tag) in images.all() {
         eprintln!("[bottle] image {name:<15} {tag}");
