@@ -123,15 +123,50 @@ pub async fn ensure(
     }
     std::fs::create_dir_all(&opts.cache_dir).map_err(io_err("creating the cache folder"))?;
     let _lock = lock(&opts.cache_dir.join("images.lock")).await?;
-    for recipe in missing {
-        let tag = tag_of(opts, recipe)?;
-        // Another process may have built it while we waited for the lock.
-        if exists(docker, &tag).await? {
-            continue;
+    // The base first: every other image is built FROM it. Then one lane per child of the base
+    // (mitmproxy, agent, fixtures), concurrently; a lane builds its images parent first.
+    if missing.contains(&Recipe::Base) {
+        build_if_missing(docker, opts, Recipe::Base).await?;
+    }
+    let mut lanes: Vec<Vec<Recipe>> = Vec::new();
+    for recipe in missing.into_iter().filter(|r| *r != Recipe::Base) {
+        match lanes
+            .iter_mut()
+            .find(|lane| lane_root(lane[0]) == lane_root(recipe))
+        {
+            Some(lane) => lane.push(recipe),
+            None => lanes.push(vec![recipe]),
         }
+    }
+    futures_util::future::try_join_all(lanes.into_iter().map(|lane| async move {
+        for recipe in lane {
+            build_if_missing(docker, opts, recipe).await?;
+        }
+        Ok::<_, ImageError>(())
+    }))
+    .await?;
+    Ok(tags)
+}
+
+/// The ancestor of `recipe` that is built directly on the base.
+fn lane_root(mut recipe: Recipe) -> Recipe {
+    while let Some(parent) = recipe.parent().filter(|p| *p != Recipe::Base) {
+        recipe = parent;
+    }
+    recipe
+}
+
+async fn build_if_missing(
+    docker: &Docker,
+    opts: &ImageOptions,
+    recipe: Recipe,
+) -> Result<(), ImageError> {
+    let tag = tag_of(opts, recipe)?;
+    // Another process may have built it while we waited for the lock.
+    if !exists(docker, &tag).await? {
         build_one(docker, opts, recipe, &tag).await?;
     }
-    Ok(tags)
+    Ok(())
 }
 
 /// Parents first, each once.
@@ -292,6 +327,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn images_on_the_same_child_of_the_base_share_a_lane() {
+        assert_eq!(lane_root(Recipe::MitmproxyTest), Recipe::Mitmproxy);
+        assert_eq!(lane_root(Recipe::AgentClaude), Recipe::Agent);
+        assert_eq!(lane_root(Recipe::Fixtures), Recipe::Fixtures);
+    }
+
+    #[test]
     fn tail_keeps_the_last_lines() {
         assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
         assert_eq!(tail("a", 5), "a");
@@ -310,5 +352,65 @@ mod tests {
         ));
         let base = tag_of(&opts, Recipe::Base).unwrap();
         assert!(base.starts_with("bottle-base:"));
+    }
+
+    fn scratch_is_empty(cache: &Path) -> bool {
+        std::fs::read_dir(cache.join("tmp")).map_or(true, |mut d| d.next().is_none())
+    }
+
+    // Needs root, debootstrap and a Docker engine, as building the base does.
+    #[tokio::test]
+    async fn a_failed_debootstrap_names_the_step_shows_its_output_and_leaves_nothing() {
+        let docker = crate::docker::connect().await.unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let opts = ImageOptions {
+            cache_dir: cache.path().into(),
+            // Nothing listens on the discard port: debootstrap fails at once, offline.
+            debian_mirror: "http://127.0.0.1:9/debian".into(),
+            fixture_binaries: Vec::new(),
+        };
+        let tag = "bottle-base-failing:test";
+        let err = build_one(&docker, &opts, Recipe::Base, tag)
+            .await
+            .unwrap_err();
+        let ImageError::StepFailed {
+            step, tail, hint, ..
+        } = &err
+        else {
+            panic!("expected StepFailed, got {err}");
+        };
+        assert_eq!(step, "debootstrap");
+        assert!(
+            tail.contains("127.0.0.1"),
+            "the output tail names the mirror: {tail}"
+        );
+        assert!(hint.contains("BOTTLE_DEBIAN_MIRROR"), "{hint}");
+        assert!(!exists(&docker, tag).await.unwrap());
+        assert!(
+            scratch_is_empty(cache.path()),
+            "the scratch root filesystem was left behind"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_wheel_download_names_the_step_and_leaves_no_wheelhouse() {
+        // SAFETY: nextest runs each test in its own process; nothing else reads these here.
+        unsafe {
+            std::env::set_var("PIP_INDEX_URL", "http://127.0.0.1:9/simple");
+            std::env::set_var("PIP_RETRIES", "0");
+            std::env::set_var("PIP_FIND_LINKS", "");
+        }
+        let cache = tempfile::tempdir().unwrap();
+        let requirement = "mitmproxy==12.2.3 --hash=sha256:00\n";
+        let err = fetch::wheelhouse(cache.path(), requirement)
+            .await
+            .unwrap_err();
+        let ImageError::StepFailed { step, tail, .. } = &err else {
+            panic!("expected StepFailed, got {err}");
+        };
+        assert!(step.starts_with("pip download"), "{step}");
+        assert!(!tail.is_empty());
+        let wheels = cache.path().join("wheels");
+        assert!(std::fs::read_dir(&wheels).map_or(true, |mut d| d.next().is_none()));
     }
 }
