@@ -8,6 +8,7 @@ mod build;
 mod fetch;
 pub mod recipes;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -91,17 +92,40 @@ impl ImageOptions {
 
 /// The tag `recipe` has with these options: a pure function of the recipes and inputs.
 pub fn tag_of(opts: &ImageOptions, recipe: Recipe) -> Result<String, ImageError> {
-    match recipe.parent() {
-        None => Ok(recipes::base_tag()),
-        Some(parent) => {
-            if recipe == Recipe::Fixtures && opts.fixture_binaries.is_empty() {
-                return Err(ImageError::NoFixtureBinaries);
-            }
-            let spec = recipes::docker_recipe(recipe, &opts.fixture_binaries)
-                .expect("every recipe with a parent is a Dockerfile");
-            recipes::docker_tag(recipe, &spec, &tag_of(opts, parent)?)
+    Ok(tags_with_parents(opts, &[recipe])?
+        .remove(&recipe)
+        .expect("the recipe's own tag"))
+}
+
+/// The tags of `wanted` and of all their parents, each computed once: the fixtures tag hashes
+/// tens of megabytes of binaries.
+fn tags_with_parents(
+    opts: &ImageOptions,
+    wanted: &[Recipe],
+) -> Result<HashMap<Recipe, String>, ImageError> {
+    let mut tags: HashMap<Recipe, String> = HashMap::new();
+    // Recipe::ALL lists parents before children, so a parent's tag is always there first.
+    for recipe in Recipe::ALL {
+        let needed = wanted
+            .iter()
+            .any(|&w| std::iter::successors(Some(w), |r| r.parent()).any(|r| r == recipe));
+        if !needed {
+            continue;
         }
+        let tag = match recipe.parent() {
+            None => recipes::base_tag(),
+            Some(parent) => {
+                if recipe == Recipe::Fixtures && opts.fixture_binaries.is_empty() {
+                    return Err(ImageError::NoFixtureBinaries);
+                }
+                let spec = recipes::docker_recipe(recipe, &opts.fixture_binaries)
+                    .expect("every recipe with a parent is a Dockerfile");
+                recipes::docker_tag(recipe, &spec, &tags[&parent])?
+            }
+        };
+        tags.insert(recipe, tag);
     }
+    Ok(tags)
 }
 
 /// Makes sure the images of `wanted` (and their parents) exist, building what is missing, and
@@ -112,21 +136,25 @@ pub async fn ensure(
     opts: &ImageOptions,
     wanted: &[Recipe],
 ) -> Result<Vec<String>, ImageError> {
-    let mut tags = Vec::new();
+    let tags = tags_with_parents(opts, wanted)?;
+    // Parents first (Recipe::ALL's order), each once.
     let mut missing = Vec::new();
-    for &recipe in wanted {
-        collect_missing(docker, opts, recipe, &mut missing).await?;
-        tags.push(tag_of(opts, recipe)?);
+    for recipe in Recipe::ALL.into_iter().filter(|r| tags.contains_key(r)) {
+        if !exists(docker, &tags[&recipe]).await? {
+            missing.push(recipe);
+        }
     }
+    let wanted_tags = wanted.iter().map(|r| tags[r].clone()).collect();
     if missing.is_empty() {
-        return Ok(tags);
+        return Ok(wanted_tags);
     }
     std::fs::create_dir_all(&opts.cache_dir).map_err(io_err("creating the cache folder"))?;
     let _lock = lock(&opts.cache_dir.join("images.lock")).await?;
+    let tags = &tags;
     // The base first: every other image is built FROM it. Then one lane per child of the base
     // (mitmproxy, agent, fixtures), concurrently; a lane builds its images parent first.
     if missing.contains(&Recipe::Base) {
-        build_if_missing(docker, opts, Recipe::Base).await?;
+        build_if_missing(docker, opts, Recipe::Base, tags).await?;
     }
     let mut lanes: Vec<Vec<Recipe>> = Vec::new();
     for recipe in missing.into_iter().filter(|r| *r != Recipe::Base) {
@@ -140,12 +168,12 @@ pub async fn ensure(
     }
     futures_util::future::try_join_all(lanes.into_iter().map(|lane| async move {
         for recipe in lane {
-            build_if_missing(docker, opts, recipe).await?;
+            build_if_missing(docker, opts, recipe, tags).await?;
         }
         Ok::<_, ImageError>(())
     }))
     .await?;
-    Ok(tags)
+    Ok(wanted_tags)
 }
 
 /// The ancestor of `recipe` that is built directly on the base.
@@ -160,27 +188,12 @@ async fn build_if_missing(
     docker: &Docker,
     opts: &ImageOptions,
     recipe: Recipe,
+    tags: &HashMap<Recipe, String>,
 ) -> Result<(), ImageError> {
-    let tag = tag_of(opts, recipe)?;
     // Another process may have built it while we waited for the lock.
-    if !exists(docker, &tag).await? {
-        build_one(docker, opts, recipe, &tag).await?;
-    }
-    Ok(())
-}
-
-/// Parents first, each once.
-async fn collect_missing(
-    docker: &Docker,
-    opts: &ImageOptions,
-    recipe: Recipe,
-    missing: &mut Vec<Recipe>,
-) -> Result<(), ImageError> {
-    if let Some(parent) = recipe.parent() {
-        Box::pin(collect_missing(docker, opts, parent, missing)).await?;
-    }
-    if !missing.contains(&recipe) && !exists(docker, &tag_of(opts, recipe)?).await? {
-        missing.push(recipe);
+    if !exists(docker, &tags[&recipe]).await? {
+        let parent_tag = recipe.parent().map(|p| tags[&p].as_str());
+        build_one(docker, opts, recipe, &tags[&recipe], parent_tag).await?;
     }
     Ok(())
 }
@@ -201,6 +214,7 @@ async fn build_one(
     opts: &ImageOptions,
     recipe: Recipe,
     tag: &str,
+    parent_tag: Option<&str>,
 ) -> Result<(), ImageError> {
     let scratch_root = opts.cache_dir.join("tmp");
     std::fs::create_dir_all(&scratch_root).map_err(io_err("creating the scratch folder"))?;
@@ -209,18 +223,17 @@ async fn build_one(
         .prefix(recipe.repository())
         .tempdir_in(&scratch_root)
         .map_err(io_err("creating a scratch folder"))?;
-    match recipe.parent() {
+    match parent_tag {
         None => base::build(docker, tag, &opts.debian_mirror, scratch.path()).await,
-        Some(parent) => {
+        Some(parent_tag) => {
             let spec = recipes::docker_recipe(recipe, &opts.fixture_binaries)
                 .expect("every recipe with a parent is a Dockerfile");
-            let parent_tag = tag_of(opts, parent)?;
             build::build(
                 docker,
                 recipe.repository(),
                 &spec,
                 tag,
-                &parent_tag,
+                parent_tag,
                 &opts.cache_dir,
                 scratch.path(),
             )
@@ -370,7 +383,7 @@ mod tests {
             fixture_binaries: Vec::new(),
         };
         let tag = "bottle-base-failing:test";
-        let err = build_one(&docker, &opts, Recipe::Base, tag)
+        let err = build_one(&docker, &opts, Recipe::Base, tag, None)
             .await
             .unwrap_err();
         let ImageError::StepFailed {
