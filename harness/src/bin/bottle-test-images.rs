@@ -10,7 +10,9 @@ use bottle_harness::fixture_bins;
 async fn main() -> Result<()> {
     let docker = bottle::docker::connect().await?;
     let started = std::time::Instant::now();
+    let step = bottle::progress::Step::start("building the fixture binaries (cargo)");
     let binaries = fixture_bins::build()?;
+    step.done();
     // Hand the binaries to the tests, so that they do not run cargo again.
     if let Some(path) = std::env::var_os("NEXTEST_ENV") {
         let mut file = std::fs::OpenOptions::new().append(true).open(path)?;

@@ -122,8 +122,8 @@ pub async fn claude_binary(cache: &Path, requirement: &str) -> Result<PathBuf, I
         })?;
     std::fs::create_dir_all(&dir).map_err(io_err("creating the claude cache"))?;
     let partial = dir.join("claude.partial");
-    let (wheel2, partial2) = (wheel.clone(), partial.clone());
-    tokio::task::spawn_blocking(move || extract_member(&wheel2, CLAUDE_IN_WHEEL, &partial2))
+    let into = partial.clone();
+    tokio::task::spawn_blocking(move || extract_member(&wheel, CLAUDE_IN_WHEEL, &into))
         .await
         .expect("extraction task panicked")?;
     // Rename last, so an interrupted extraction never looks like a finished one.
