@@ -1,0 +1,360 @@
+"""The mitmproxy glue: options, the fail-closed request hook, SSE streaming, decision records."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+from mitmproxy import ctx, exceptions, http
+
+from . import credentials, policy, record, scanner, verdict
+
+logger = logging.getLogger("bottle")
+
+ENV_PIPELOCK_URL = "CLAUDE_BOTTLE_PIPELOCK_URL"
+STREAMED_CONTENT_TYPES = frozenset({"text/event-stream"})
+
+# mitmproxy options that open a way around the request hook, or change a request after it.
+REQUIRED_VALUES = {
+    "connection_strategy": (
+        "lazy",
+        "eager connects open TCP and TLS to the upstream before the verdict",
+    ),
+    "rawtcp": (False, "non-HTTP bytes inside a CONNECT tunnel would go upstream unscanned"),
+    "ssl_insecure": (False, "upstream certificates must be verified"),
+}
+MUST_BE_EMPTY = {
+    "ignore_hosts": "matching hosts would be tunnelled without decryption",
+    "allow_hosts": "other hosts would be tunnelled without decryption",
+    "tcp_hosts": "matching hosts would be relayed as raw TCP",
+    "udp_hosts": "matching hosts would be relayed as raw UDP",
+    "modify_headers": "it changes requests after the verdict",
+    "modify_body": "it changes requests after the verdict",
+    "map_remote": "it changes requests after the verdict",
+    "map_local": "it answers requests the scanner did not see",
+}
+
+
+def options_problem(options: Any, keys: set[str]) -> str | None:
+    """Why these mitmproxy options would let a request bypass the verdict, if they would."""
+    missing = sorted({*REQUIRED_VALUES, "stream_large_bodies", "mode"} - keys)
+    if missing:
+        # A renamed option would silently stop being checked: refuse instead.
+        return f"bottle: mitmproxy has no option {', '.join(missing)}; this addon needs 12.2.x"
+    for name, (wanted, why) in REQUIRED_VALUES.items():
+        if getattr(options, name) != wanted:
+            shown = str(wanted).lower() if isinstance(wanted, bool) else wanted
+            return f"bottle: set {name}={shown} (--set {name}={shown}): {why}"
+    if options.stream_large_bodies:
+        return (
+            "bottle: unset stream_large_bodies: streamed request bodies reach the upstream "
+            "before the verdict"
+        )
+    for name, why in MUST_BE_EMPTY.items():
+        if name in keys and getattr(options, name):
+            return f"bottle: {name} must be empty: {why}"
+    for mode in options.mode:
+        if mode.split("@", 1)[0] != "regular":
+            return f"bottle: only mode=regular is supported, got {mode!r}"
+    return None
+
+
+class BottleAddon:
+    def __init__(self) -> None:
+        self.scanner: scanner.Scanner | None = None
+        self.bindings: tuple[credentials.Binding, ...] = ()
+        self.log: record.DecisionLog | None = None
+
+    def load(self, loader: Any) -> None:
+        loader.add_option(
+            "bottle_pipelock_url",
+            str,
+            "",
+            f"pipelock's forward-proxy address, http://host:port (default: ${ENV_PIPELOCK_URL}).",
+        )
+        loader.add_option(
+            "bottle_verdict_timeout_ms",
+            int,
+            5000,
+            "How long to wait for pipelock's verdict before blocking, in milliseconds.",
+        )
+        loader.add_option(
+            "bottle_max_body_bytes",
+            int,
+            5242880,
+            "Larger request bodies are blocked (pipelock's max_body_bytes default).",
+        )
+        loader.add_option(
+            "bottle_decision_log",
+            str,
+            "",
+            "File the JSON-lines decision record is appended to (default: stdout).",
+        )
+        loader.add_option(
+            "bottle_credentials",
+            str,
+            "",
+            "JSON file of per-host credential bindings (see addon/README.md).",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        options = ctx.options
+        problem = options_problem(options, set(options.keys()))
+        if problem:
+            raise exceptions.OptionsError(problem)
+        if options.bottle_verdict_timeout_ms <= 0 or options.bottle_verdict_timeout_ms > 60000:
+            raise exceptions.OptionsError(
+                "bottle: bottle_verdict_timeout_ms must be between 1 and 60000"
+            )
+        if options.bottle_max_body_bytes <= 0:
+            raise exceptions.OptionsError("bottle: bottle_max_body_bytes must be positive")
+        url = options.bottle_pipelock_url or os.environ.get(ENV_PIPELOCK_URL, "")
+        if not url:
+            raise exceptions.OptionsError(
+                "bottle: no scanner: set --set bottle_pipelock_url=http://pipelock:8888 "
+                f"or the {ENV_PIPELOCK_URL} environment variable"
+            )
+        try:
+            endpoint = scanner.Endpoint.parse(url)
+        except ValueError as e:
+            raise exceptions.OptionsError(f"bottle: bottle_pipelock_url: {e}") from None
+        if self.scanner is not None:
+            self.scanner.close()
+        self.scanner = scanner.Scanner(endpoint, options.bottle_verdict_timeout_ms / 1000)
+        self.bindings = self._load_bindings(options.bottle_credentials)
+        if self.log is None or self.log.path != options.bottle_decision_log:
+            try:
+                log = record.DecisionLog(options.bottle_decision_log)
+            except OSError as e:
+                raise exceptions.OptionsError(f"bottle: bottle_decision_log: {e}") from None
+            if self.log is not None:
+                self.log.close()
+            self.log = log
+
+    @staticmethod
+    def _load_bindings(path: str) -> tuple[credentials.Binding, ...]:
+        if not path:
+            return ()
+        try:
+            with open(path, encoding="utf-8") as f:
+                return credentials.load(f.read(), os.environ)
+        except (OSError, credentials.BindingError) as e:
+            raise exceptions.OptionsError(f"bottle: bottle_credentials {path}: {e}") from None
+
+    def running(self) -> None:
+        assert self.scanner is not None
+        endpoint = self.scanner.endpoint
+        logger.info(
+            "bottle addon ready: scanner http://%s:%d, timeout %g s, %d credential binding(s)",
+            endpoint.host,
+            endpoint.port,
+            self.scanner.timeout_seconds,
+            len(self.bindings),
+        )
+
+    def done(self) -> None:
+        if self.scanner is not None:
+            self.scanner.close()
+        if self.log is not None:
+            self.log.close()
+
+    # --- the verdict -------------------------------------------------------------------------
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        state = _state(flow)
+        try:
+            await self._decide(flow, state)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # any fault on the verdict path blocks
+            logger.exception("bottle: the verdict failed for %s", flow.id)
+            try:
+                self._answer_unavailable(flow, state, f"the addon failed: {type(e).__name__}: {e}")
+            except Exception:
+                flow.kill()
+
+    async def _decide(self, flow: http.HTTPFlow, state: dict[str, Any]) -> None:
+        assert self.scanner is not None
+        view = request_view(flow)
+        cleared = policy.check(
+            view, max_body_bytes=ctx.options.bottle_max_body_bytes, bindings=self.bindings
+        )
+        if isinstance(cleared, policy.Block):
+            state.update(decided_by="addon", reason=cleared.code, detail=cleared.message)
+            flow.response = _bottle_response(403, cleared.code, cleared.message, flow.id)
+            return
+        state["credential"] = list(cleared.credential_headers) or None
+        assert view.body is not None
+        scan_request = scanner.build_request(
+            method=view.method,
+            scheme=view.scheme,
+            host=policy.normalise_host(view.host),
+            port=view.port,
+            target=view.target,
+            headers=view.headers,
+            hidden=cleared.hidden_headers,
+            body=view.body,
+            agent_id=flow.id,
+        )
+        started = time.monotonic()
+        try:
+            answer = await scanner.ask(self.scanner, scan_request)
+        except scanner.ScannerError as e:
+            state["verdict_ms"] = _ms_since(started)
+            self._answer_unavailable(flow, state, str(e))
+            return
+        state["verdict_ms"] = _ms_since(started)
+        decision = verdict.read_answer(answer)
+        state["scanner"] = {
+            "status": answer.status,
+            "block_reason": answer.header("x-pipelock-block-reason"),
+            "ms": state["verdict_ms"],
+        }
+        if decision.kind is verdict.Kind.ALLOW:
+            state.update(decided_by="pipelock", verdict="allow", reason=None)
+        elif decision.kind is verdict.Kind.BLOCK:
+            state.update(decided_by="pipelock", reason=decision.reason)
+            assert decision.status is not None
+            relayed = [*decision.headers, ("X-Bottle-Request-Id", flow.id)]
+            flow.response = http.Response.make(
+                decision.status,
+                decision.body,
+                [(k.encode("latin-1"), v.encode("latin-1")) for k, v in relayed],
+            )
+        else:
+            self._answer_unavailable(flow, state, decision.reason)
+
+    @staticmethod
+    def _answer_unavailable(flow: http.HTTPFlow, state: dict[str, Any], why: str) -> None:
+        state.update(decided_by="addon", verdict="block", reason="verdict_unavailable", detail=why)
+        logger.warning("bottle: blocked %s: no verdict: %s", flow.id, why)
+        flow.response = _bottle_response(
+            502,
+            "verdict_unavailable",
+            f"the scanner's verdict could not be obtained: {why}",
+            flow.id,
+        )
+
+    # --- responses and the record ------------------------------------------------------------
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        state = _state(flow)
+        if state.get("verdict") != "allow":
+            # An upstream answered a request this addon never allowed: refuse to pass it on.
+            logger.error("bottle: %s reached an upstream without a verdict; killing it", flow.id)
+            state.update(decided_by="addon", reason="no_verdict")
+            flow.kill()
+            return
+        assert flow.response is not None
+        content_type = flow.response.headers.get("content-type", "")
+        if content_type.split(";")[0].strip().lower() in STREAMED_CONTENT_TYPES:
+            state["response_bytes"] = 0
+
+            def count(chunk: bytes) -> bytes:
+                state["response_bytes"] += len(chunk)
+                return chunk
+
+            flow.response.stream = count
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._finish(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._finish(flow)
+
+    def _finish(self, flow: http.HTTPFlow) -> None:
+        state = _state(flow)
+        if state.get("written") or self.log is None:
+            return
+        state["written"] = True
+        try:
+            self.log.write(decision_record(flow, state))
+        except Exception:
+            logger.exception("bottle: writing the decision record for %s failed", flow.id)
+
+
+def request_view(flow: http.HTTPFlow) -> policy.RequestView:
+    request = flow.request
+    client_tls = flow.client_conn.tls_established
+    return policy.RequestView(
+        scheme=request.scheme,
+        host=request.host,
+        port=request.port,
+        sni=flow.client_conn.sni if client_tls else None,
+        authority=request.authority or None if request.is_http2 or request.is_http3 else None,
+        method=request.data.method,
+        target=request.data.path,
+        headers=list(request.headers.fields),
+        body=request.raw_content,
+        streamed=bool(request.stream),
+        has_trailers=request.trailers is not None,
+    )
+
+
+def decision_record(flow: http.HTTPFlow, state: dict[str, Any]) -> dict[str, Any]:
+    request = flow.request
+    response = flow.response
+    allowed = state.get("verdict") == "allow" and state.get("reason") is None
+    url = request.url
+    now = time.time()
+    server = flow.server_conn
+    upstream_version = None
+    if allowed and server is not None and server.timestamp_tcp_setup is not None:
+        upstream_version = "HTTP/2.0" if server.alpn == b"h2" else "HTTP/1.1"
+    peer = flow.client_conn.peername
+    if "response_bytes" in state:
+        response_bytes = state["response_bytes"]
+    elif response is not None and response.raw_content is not None:
+        response_bytes = len(response.raw_content)
+    else:
+        response_bytes = None
+    return {
+        "event": "bottle_decision",
+        "id": flow.id,
+        "time": record.timestamp(request.timestamp_start),
+        "client": f"{peer[0]}:{peer[1]}" if peer else None,
+        "method": request.method,
+        "url": url if allowed else record.redacted_url(url),
+        "host": request.host,
+        "sni": flow.client_conn.sni,
+        "http_version": {"client": request.http_version, "upstream": upstream_version},
+        "verdict": "allow" if allowed else "block",
+        "decided_by": state.get("decided_by", "addon"),
+        "reason": state.get("reason"),
+        "detail": state.get("detail"),
+        "scanner": state.get("scanner"),
+        "status": response.status_code if response is not None else None,
+        "duration_ms": {
+            "verdict": state.get("verdict_ms"),
+            "total": round((now - request.timestamp_start) * 1000, 3),
+        },
+        "bytes": {
+            "request_body": len(request.raw_content) if request.raw_content is not None else None,
+            "response_body": response_bytes,
+        },
+        "credential": state.get("credential"),
+        "error": flow.error.msg if flow.error else None,
+    }
+
+
+def _state(flow: http.HTTPFlow) -> dict[str, Any]:
+    return flow.metadata.setdefault("bottle", {})
+
+
+def _ms_since(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 3)
+
+
+def _bottle_response(status: int, code: str, message: str, flow_id: str) -> http.Response:
+    return http.Response.make(
+        status,
+        f"bottle: blocked: {message}\n".encode(),
+        {
+            "Content-Type": "text/plain; charset=utf-8",
+            "X-Bottle-Block-Reason": code,
+            "X-Bottle-Request-Id": flow_id,
+        },
+    )

@@ -1,0 +1,174 @@
+"""The addon's own checks, made before the scanner is asked (pure functions).
+
+Each closes a way a request could reach an upstream without pipelock having seen what the upstream
+will get: a body mitmproxy streamed past the hook, trailers or an upgraded connection the scanner
+never sees, a Host that differs from where mitmproxy connects (domain fronting), bytes that cannot
+be replayed faithfully to the scanner, a body pipelock cannot scan (encoded, or over its cap), or a
+bound credential used outside its binding.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from . import credentials
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+TOKEN = re.compile(rb"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+
+
+@dataclass(frozen=True)
+class RequestView:
+    """What the checks need from a decrypted request; built from a mitmproxy flow in `hooks`."""
+
+    scheme: str
+    # Where mitmproxy will connect: the CONNECT target inside a tunnel, else the URL's host.
+    host: str
+    port: int
+    # The TLS server name the client sent, when the client side is TLS.
+    sni: str | None
+    # h2/h3 `:authority`, when present.
+    authority: str | None
+    method: bytes
+    # The request target as received (origin-form path and query).
+    target: bytes
+    headers: Sequence[tuple[bytes, bytes]]
+    # None when mitmproxy streamed the body instead of buffering it.
+    body: bytes | None
+    streamed: bool
+    has_trailers: bool
+
+
+@dataclass(frozen=True)
+class Block:
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Cleared:
+    """The request may be put to the scanner; `hidden_headers` stay out of the scanner's copy."""
+
+    hidden_headers: frozenset[int] = frozenset()
+    credential_headers: tuple[str, ...] = ()
+
+
+def check(
+    view: RequestView, *, max_body_bytes: int, bindings: Sequence[credentials.Binding]
+) -> Block | Cleared:
+    if view.streamed or view.body is None:
+        return Block("body_streamed", "the request body was streamed, so it was never scanned")
+    if view.has_trailers:
+        return Block("trailers", "request trailers are not scanned")
+    if _header_values(view.headers, b"upgrade"):
+        return Block("upgrade", "protocol upgrades (e.g. WebSocket) are not scanned")
+    fronting = fronting_problem(view)
+    if fronting:
+        return Block("domain_fronting", fronting)
+    unsendable = unsendable_problem(view)
+    if unsendable:
+        return Block("unsendable_request", unsendable)
+    if view.body:
+        encodings = [
+            token.strip().lower()
+            for value in _header_values(view.headers, b"content-encoding")
+            for token in value.decode("latin-1").split(",")
+        ]
+        encoded = [e for e in encodings if e not in ("", "identity")]
+        if encoded:
+            return Block(
+                "body_encoded",
+                f'request body uses Content-Encoding "{", ".join(encoded)}"; compressed bodies '
+                "cannot be scanned for secrets",
+            )
+        if len(view.body) > max_body_bytes:
+            return Block(
+                "body_too_large", f"request body exceeds max_body_bytes ({max_body_bytes})"
+            )
+    use = credentials.inspect(
+        bindings,
+        scheme=view.scheme,
+        host=normalise_host(view.host),
+        port=view.port,
+        headers=view.headers,
+        target=view.target,
+        body=view.body,
+    )
+    if use.misuse:
+        return Block("credential_misuse", use.misuse)
+    return Cleared(use.hidden_headers, use.hidden_names)
+
+
+def fronting_problem(view: RequestView) -> str | None:
+    """Why the names in the request disagree with where mitmproxy connects, if they do."""
+    target = normalise_host(view.host)
+    default_port = DEFAULT_PORTS.get(view.scheme)
+    if view.sni is not None and normalise_host(view.sni) != target:
+        return f"TLS server name {view.sni!r} differs from the CONNECT target {target!r}"
+    names = [("Host", value.decode("latin-1")) for value in _header_values(view.headers, b"host")]
+    if len(names) > 1:
+        return "the request has more than one Host header"
+    if view.authority:
+        names.append((":authority", view.authority))
+    for label, value in names:
+        parsed = parse_authority(value)
+        if parsed is None:
+            return f"{label} {value!r} is not a valid authority"
+        host, port = parsed
+        if host != target or (port if port is not None else default_port) != view.port:
+            return f"{label} {value!r} differs from the connection target {target}:{view.port}"
+    return None
+
+
+def unsendable_problem(view: RequestView) -> str | None:
+    """Bytes the scanner's HTTP/1.1 request could not carry as they are: refuse, don't rewrite."""
+    if not view.target.startswith(b"/") or any(b <= 0x20 or b == 0x7F for b in view.target):
+        return "the request target is not an origin-form path the scanner can be shown"
+    if not TOKEN.match(view.method):
+        return "the request method is not a token"
+    for name, value in view.headers:
+        if not name or any(b <= 0x20 or b in b":\x7f" for b in name):
+            return "a request header name has characters the scanner cannot be shown"
+        if any(b in b"\r\n\x00" for b in value):
+            return "a request header value has CR, LF or NUL"
+    return None
+
+
+def normalise_host(host: str) -> str:
+    host = host.strip().lower().rstrip(".")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host
+
+
+def parse_authority(value: str) -> tuple[str, int | None] | None:
+    """`host`, `host:port`, `[v6]` or `[v6]:port`; None when malformed."""
+    value = value.strip()
+    if not value or any(ch in value for ch in "/?#@ \t"):
+        return None
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return None
+        host, rest = value[1:end], value[end + 1 :]
+        if rest and not rest.startswith(":"):
+            return None
+        port_text = rest[1:] if rest else None
+    elif value.count(":") > 1:
+        return None
+    else:
+        host, _, port_text = value.partition(":")
+        port_text = port_text if ":" in value else None
+    if not host:
+        return None
+    if port_text is None:
+        return normalise_host(host), None
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        return None
+    return normalise_host(host), int(port_text)
+
+
+def _header_values(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
+    return [value for key, value in headers if key.lower() == name]

@@ -1,0 +1,38 @@
+"""The decision record: one JSON line per flow, written when the flow ends.
+
+It is the mitmproxy half of the evidence for each request; its `id` is the value pipelock logs as
+`agent`, so the two join on it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+from typing import Any, TextIO
+
+
+def timestamp(epoch_seconds: float) -> str:
+    moment = datetime.datetime.fromtimestamp(epoch_seconds, datetime.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def redacted_url(url: str) -> str:
+    """`scheme://authority/[redacted]`: blocked requests may carry the secret in path or query."""
+    scheme, _, rest = url.partition("://")
+    authority = rest.split("/", 1)[0]
+    return f"{scheme}://{authority}/[redacted]"
+
+
+class DecisionLog:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._file: TextIO = open(path, "a", encoding="utf-8") if path else sys.stdout  # noqa: SIM115
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not sys.stdout:
+            self._file.close()

@@ -1,0 +1,362 @@
+"""The request hook end to end with a stand-in scanner call: options, verdicts, fail closed,
+SSE streaming and the decision record."""
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flows import SAFE, context, https_flow, upstream_response
+from mitmproxy import exceptions
+
+from bottle_addon import hooks, scanner
+from bottle_addon.verdict import ScannerAnswer
+
+TEXT = (("Content-Type", "text/plain; charset=utf-8"),)
+ALLOW = ScannerAnswer(502, TEXT, b"forward proxy fetch failed\n")
+BLOCK = ScannerAnswer(
+    403,
+    (*TEXT, ("X-Pipelock-Block-Reason", "dlp_match"), ("Date", "today")),
+    b"blocked: request body contains secret: AWS Access ID\n",
+)
+
+
+class FakeScanner:
+    """Stands in for `scanner.ask`: records what the addon would send, answers as told."""
+
+    def __init__(self) -> None:
+        self.asked: list[scanner.ScanRequest] = []
+        self.answer: Callable[[], ScannerAnswer] = lambda: ALLOW
+
+    async def ask(self, _: scanner.Scanner, request: scanner.ScanRequest) -> ScannerAnswer:
+        self.asked.append(request)
+        return self.answer()
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeScanner:
+    stand_in = FakeScanner()
+    monkeypatch.setattr(scanner, "ask", stand_in.ask)
+    return stand_in
+
+
+@pytest.fixture
+def addon(tmp_path: Path) -> Iterator[tuple[hooks.BottleAddon, Path]]:
+    bottle = hooks.BottleAddon()
+    log = tmp_path / "decisions.jsonl"
+    with context(bottle) as tctx:
+        tctx.configure(
+            bottle,
+            **SAFE,
+            bottle_pipelock_url="http://pipelock:8888",
+            bottle_decision_log=str(log),
+        )
+        yield bottle, log
+
+
+def refusal(**setting: Any) -> str:
+    """The OptionsError a setting gets, on top of an otherwise safe configuration.
+
+    (mitmproxy rolls a failed update back and configures again, so the baseline must be valid
+    for the error to be the setting's own.)
+    """
+    bottle = hooks.BottleAddon()
+    with context(bottle) as tctx:
+        tctx.configure(bottle, **SAFE, bottle_pipelock_url="http://p:8888")
+        with pytest.raises(exceptions.OptionsError) as refused:
+            tctx.configure(bottle, **setting)
+    return str(refused.value)
+
+
+def records(log: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ({"connection_strategy": "eager"}, "connection_strategy=lazy"),
+        ({"rawtcp": True}, "rawtcp=false"),
+        ({"ssl_insecure": True}, "ssl_insecure=false"),
+        ({"stream_large_bodies": "1m"}, "stream_large_bodies"),
+        ({"ignore_hosts": ["x"]}, "ignore_hosts"),
+        ({"allow_hosts": ["x"]}, "allow_hosts"),
+        ({"tcp_hosts": ["x"]}, "tcp_hosts"),
+        ({"mode": ["socks5"]}, "mode=regular"),
+    ],
+)
+def test_options_that_open_a_bypass_refuse_to_start(setting: dict[str, Any], named: str) -> None:
+    assert named in refusal(**setting)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"modify_headers": ["/~q/X-A/b"]},
+        {"modify_body": ["/~q/a/b"]},
+        {"map_remote": ["|example.com|other.com"]},
+        {"map_local": ["|example.com/x|/tmp"]},
+        {"udp_hosts": ["x"]},
+    ],
+)
+def test_options_that_change_requests_after_the_verdict_refuse_to_start(
+    setting: dict[str, Any],
+) -> None:
+    assert next(iter(setting)) in refusal(**setting)
+
+
+def test_a_safe_configuration_starts() -> None:
+    bottle = hooks.BottleAddon()
+    with context(bottle) as tctx:
+        tctx.configure(bottle, **SAFE, bottle_pipelock_url="http://p:8888")
+        assert bottle.scanner is not None
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("", "bottle_pipelock_url=http://pipelock:8888"),
+        ("ftp://pipelock:21", "http://"),
+        ("http://pipelock:8888/scan", "no path"),
+        ("http://pipelock", "port"),
+        ("http://user:pw@pipelock:8888", "just http://host:port"),
+    ],
+)
+def test_a_missing_or_bad_scanner_url_refuses_to_start(
+    url: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(hooks.ENV_PIPELOCK_URL, raising=False)
+    assert message in refusal(bottle_pipelock_url=url)
+
+
+def test_the_prd_env_variable_is_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(hooks.ENV_PIPELOCK_URL, "http://scanner.internal:9999")
+    bottle = hooks.BottleAddon()
+    with context(bottle) as tctx:
+        tctx.configure(bottle, **SAFE, bottle_verdict_timeout_ms=1500)
+        assert bottle.scanner is not None
+        assert bottle.scanner.endpoint == scanner.Endpoint("scanner.internal", 9999)
+        assert bottle.scanner.timeout_seconds == 1.5
+
+
+@pytest.mark.parametrize("timeout", [0, -1, 60001])
+def test_a_bad_timeout_refuses_to_start(timeout: int) -> None:
+    assert "bottle_verdict_timeout_ms" in refusal(bottle_verdict_timeout_ms=timeout)
+
+
+def test_a_bad_credentials_file_refuses_to_start(tmp_path: Path) -> None:
+    path = tmp_path / "bindings.json"
+    path.write_text('{"bindings": [{"host": "a.b", "header": "x", "value_env": "UNSET_X"}]}')
+    assert "UNSET_X" in refusal(bottle_credentials=str(path))
+
+
+async def test_an_allowed_request_goes_on_and_the_scanner_saw_all_of_it(
+    addon: tuple[hooks.BottleAddon, Path], fake: FakeScanner
+) -> None:
+    bottle, log = addon
+    flow = https_flow(
+        path=b"/v1/messages?beta=true",
+        headers=[(b"Host", b"api.example.com"), (b"Connection", b"keep-alive"), (b"A", b"1")],
+    )
+    await bottle.request(flow)
+    assert flow.response is None
+    (asked,) = fake.asked
+    assert asked.url == b"https://api.example.com/v1/messages?beta=true"
+    assert asked.host_header == b"api.example.com"
+    assert asked.headers == ((b"A", b"1"),)
+    assert asked.body == b'{"hello": "world"}'
+    assert asked.agent_id == flow.id
+    upstream_response(flow, "application/json")
+    bottle.response(flow)
+    (line,) = records(log)
+    assert line["id"] == flow.id
+    assert (line["verdict"], line["decided_by"], line["reason"]) == ("allow", "pipelock", None)
+    assert line["url"] == "https://api.example.com/v1/messages?beta=true"
+    assert line["http_version"] == {"client": "HTTP/1.1", "upstream": "HTTP/2.0"}
+    assert line["scanner"]["status"] == 502
+
+
+async def test_pipelocks_block_reaches_the_client(
+    addon: tuple[hooks.BottleAddon, Path], fake: FakeScanner
+) -> None:
+    bottle, log = addon
+    fake.answer = lambda: BLOCK
+    flow = https_flow(path=b"/upload?token=secret")
+    await bottle.request(flow)
+    assert flow.response is not None
+    assert flow.response.status_code == 403
+    assert flow.response.content == BLOCK.body
+    assert flow.response.headers["X-Pipelock-Block-Reason"] == "dlp_match"
+    assert flow.response.headers["X-Bottle-Request-Id"] == flow.id
+    assert "Date" not in flow.response.headers
+    bottle.response(flow)
+    (line,) = records(log)
+    assert (line["verdict"], line["decided_by"]) == ("block", "pipelock")
+    assert line["reason"] == "blocked: request body contains secret: AWS Access ID"
+    assert line["url"] == "https://api.example.com/[redacted]"
+    assert line["http_version"]["upstream"] is None
+
+
+def scanner_fails() -> ScannerAnswer:
+    raise scanner.ScannerError("cannot connect to pipelock:8888: refused")
+
+
+def addon_breaks() -> ScannerAnswer:
+    raise KeyError("a bug")
+
+
+@pytest.mark.parametrize(
+    ("answer", "detail"),
+    [
+        (scanner_fails, "refused"),
+        (addon_breaks, "KeyError"),
+        (lambda: ScannerAnswer(200, TEXT, b"upstream says hi"), "forwarded"),
+        (
+            lambda: ScannerAnswer(403, TEXT, b"blocked: compressed response cannot be scanned\n"),
+            "reached an upstream",
+        ),
+    ],
+)
+async def test_no_verdict_blocks_with_502(
+    addon: tuple[hooks.BottleAddon, Path],
+    fake: FakeScanner,
+    answer: Callable[[], ScannerAnswer],
+    detail: str,
+) -> None:
+    bottle, log = addon
+    fake.answer = answer
+    flow = https_flow()
+    await bottle.request(flow)
+    assert flow.response is not None
+    assert flow.response.status_code == 502
+    assert flow.response.headers["X-Bottle-Block-Reason"] == "verdict_unavailable"
+    assert flow.response.text is not None
+    assert flow.response.text.startswith("bottle: blocked: the scanner's verdict could not be")
+    assert detail in flow.response.text
+    bottle.response(flow)
+    assert records(log)[0]["reason"] == "verdict_unavailable"
+
+
+async def test_an_h2_request_without_host_is_scanned_under_its_authority(
+    addon: tuple[hooks.BottleAddon, Path], fake: FakeScanner
+) -> None:
+    bottle, log = addon
+    flow = https_flow(http2=True, method=b"GET", path=b"/v1/models", body=b"")
+    await bottle.request(flow)
+    assert flow.response is None
+    (asked,) = fake.asked
+    assert asked.url == b"https://api.example.com/v1/models"
+    assert asked.host_header == b"api.example.com"
+    bottle.response(flow)
+    assert records(log)[0]["http_version"]["client"] == "HTTP/2.0"
+
+
+async def test_domain_fronting_is_blocked_before_the_scanner_is_asked(
+    addon: tuple[hooks.BottleAddon, Path], fake: FakeScanner
+) -> None:
+    bottle, _ = addon
+    flow = https_flow(headers=[(b"Host", b"evil.example.net")])
+    await bottle.request(flow)
+    assert flow.response is not None
+    assert flow.response.status_code == 403
+    assert flow.response.headers["X-Bottle-Block-Reason"] == "domain_fronting"
+    assert fake.asked == []
+
+
+async def test_a_streamed_request_body_is_blocked(
+    addon: tuple[hooks.BottleAddon, Path], fake: FakeScanner
+) -> None:
+    bottle, _ = addon
+    flow = https_flow()
+    flow.request.stream = True
+    await bottle.request(flow)
+    assert flow.response is not None
+    assert flow.response.headers["X-Bottle-Block-Reason"] == "body_streamed"
+    assert fake.asked == []
+
+
+async def test_the_bound_credential_is_hidden_from_the_scanner_only(
+    tmp_path: Path, fake: FakeScanner
+) -> None:
+    secret = "sk-ant-api03-" + "Z9y8X7w6" * 4
+    path = tmp_path / "bindings.json"
+    path.write_text(
+        json.dumps(
+            {"bindings": [{"host": "api.example.com", "header": "x-api-key", "value": secret}]}
+        )
+    )
+    bottle = hooks.BottleAddon()
+    with context(bottle) as tctx:
+        tctx.configure(
+            bottle,
+            **SAFE,
+            bottle_pipelock_url="http://pipelock:8888",
+            bottle_credentials=str(path),
+            bottle_decision_log=str(tmp_path / "log"),
+        )
+        key = (b"x-api-key", secret.encode())
+        flow = https_flow(headers=[(b"Host", b"api.example.com"), key])
+        await bottle.request(flow)
+        assert flow.response is None
+        assert flow.request.headers["x-api-key"] == secret
+        assert key not in fake.asked[0].headers
+        elsewhere = https_flow(host="api.evil.net", headers=[(b"Host", b"api.evil.net"), key])
+        await bottle.request(elsewhere)
+        assert elsewhere.response is not None
+        assert elsewhere.response.headers["X-Bottle-Block-Reason"] == "credential_misuse"
+        assert len(fake.asked) == 1
+
+
+@pytest.mark.parametrize(
+    ("content_type", "streamed"),
+    [
+        ("text/event-stream", True),
+        ("text/event-stream; charset=utf-8", True),
+        ("application/json", False),
+        ("text/plain", False),
+    ],
+)
+async def test_event_streams_stream_and_everything_else_is_buffered(
+    addon: tuple[hooks.BottleAddon, Path], fake: FakeScanner, content_type: str, streamed: bool
+) -> None:
+    bottle, log = addon
+    flow = https_flow()
+    await bottle.request(flow)
+    upstream_response(flow, content_type)
+    bottle.responseheaders(flow)
+    assert bool(flow.response.stream) is streamed  # type: ignore[union-attr]
+    if streamed:
+        assert callable(flow.response.stream)  # type: ignore[union-attr]
+        flow.response.stream(b"data: 1\n\n")  # type: ignore[union-attr,operator]
+        flow.response.stream(b"data: 22\n\n")  # type: ignore[union-attr,operator]
+    bottle.response(flow)
+    if streamed:
+        assert records(log)[0]["bytes"]["response_body"] == 19
+
+
+async def test_an_upstream_answer_without_a_verdict_is_killed(
+    addon: tuple[hooks.BottleAddon, Path],
+) -> None:
+    bottle, log = addon
+    flow = https_flow()  # the request hook never ran for it
+    upstream_response(flow, "application/json")
+    bottle.responseheaders(flow)
+    assert flow.error is not None
+    bottle.error(flow)
+    (line,) = records(log)
+    assert (line["verdict"], line["reason"]) == ("block", "no_verdict")
+
+
+async def test_one_record_per_flow_even_when_response_and_error_both_fire(
+    addon: tuple[hooks.BottleAddon, Path], fake: FakeScanner
+) -> None:
+    bottle, log = addon
+    flows = [https_flow() for _ in range(3)]
+    for flow in flows:
+        await bottle.request(flow)
+        upstream_response(flow, "application/json")
+        bottle.response(flow)
+        bottle.error(flow)
+    lines = records(log)
+    assert [line["id"] for line in lines] == [flow.id for flow in flows]

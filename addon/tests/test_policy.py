@@ -1,0 +1,257 @@
+"""The addon's own checks before the scanner is asked: fronting, bodies, upgrades, odd bytes."""
+
+import base64
+import dataclasses
+import json
+
+import pytest
+
+from bottle_addon import credentials
+from bottle_addon.policy import Block, Cleared, RequestView, check, parse_authority
+
+BASE = RequestView(
+    scheme="https",
+    host="api.example.com",
+    port=443,
+    sni="api.example.com",
+    authority=None,
+    method=b"POST",
+    target=b"/v1/messages?beta=true",
+    headers=[(b"Host", b"api.example.com"), (b"Content-Type", b"application/json")],
+    body=b'{"hello": "world"}',
+    streamed=False,
+    has_trailers=False,
+)
+
+
+def verdict(view: RequestView, max_body_bytes: int = 5242880) -> Block | Cleared:
+    return check(view, max_body_bytes=max_body_bytes, bindings=())
+
+
+def code(view: RequestView, **kwargs: int) -> str | None:
+    result = verdict(view, **kwargs)
+    return result.code if isinstance(result, Block) else None
+
+
+def with_host(value: bytes) -> RequestView:
+    return dataclasses.replace(BASE, headers=[(b"Host", value)])
+
+
+def test_a_plain_request_is_cleared_for_the_scanner() -> None:
+    assert verdict(BASE) == Cleared()
+
+
+@pytest.mark.parametrize(
+    ("view", "expected"),
+    [
+        (with_host(b"api.example.com:443"), None),
+        (with_host(b"API.Example.COM."), None),
+        (with_host(b"evil.example.net"), "domain_fronting"),
+        (with_host(b"api.example.com:8443"), "domain_fronting"),
+        (with_host(b"api.example.com.evil.net"), "domain_fronting"),
+        (with_host(b"api.example.com@evil.net"), "domain_fronting"),
+        (with_host(b""), "domain_fronting"),
+        (dataclasses.replace(BASE, sni="evil.example.net"), "domain_fronting"),
+        (
+            dataclasses.replace(
+                BASE, headers=[(b"Host", b"api.example.com"), (b"Host", b"evil.example.net")]
+            ),
+            "domain_fronting",
+        ),
+        # h2: no Host header, the :authority is checked; a Host header next to it is too.
+        (dataclasses.replace(BASE, headers=[], authority="api.example.com"), None),
+        (dataclasses.replace(BASE, headers=[], authority="evil.example.net"), "domain_fronting"),
+        (
+            dataclasses.replace(
+                BASE, headers=[(b"host", b"evil.example.net")], authority="api.example.com"
+            ),
+            "domain_fronting",
+        ),
+        # A client that sends no SNI (an IP literal target, say) is checked on Host alone.
+        (dataclasses.replace(BASE, sni=None), None),
+        # Plain HTTP through the proxy: Host against the absolute URL's host.
+        (dataclasses.replace(BASE, scheme="http", port=80, sni=None), None),
+        (
+            dataclasses.replace(
+                BASE, scheme="http", port=80, sni=None, headers=[(b"Host", b"evil.example.net")]
+            ),
+            "domain_fronting",
+        ),
+    ],
+)
+def test_domain_fronting(view: RequestView, expected: str | None) -> None:
+    assert code(view) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [
+        ("example.com", ("example.com", None)),
+        ("example.com:8080", ("example.com", 8080)),
+        ("[::1]:443", ("::1", 443)),
+        ("[::1]", ("::1", None)),
+        ("example.com:0", None),
+        ("example.com:99999", None),
+        ("example.com:http", None),
+        ("a:b:c", None),
+        ("user@example.com", None),
+        ("example.com/path", None),
+    ],
+)
+def test_parse_authority(value: str, parsed: tuple[str, int | None] | None) -> None:
+    assert parse_authority(value) == parsed
+
+
+@pytest.mark.parametrize(
+    ("encoding", "expected"),
+    [
+        (b"gzip", "body_encoded"),
+        (b"br", "body_encoded"),
+        (b"zstd", "body_encoded"),
+        (b"identity, gzip", "body_encoded"),
+        (b"identity", None),
+    ],
+)
+def test_encoded_bodies_are_blocked_as_pipelock_blocks_them(
+    encoding: bytes, expected: str | None
+) -> None:
+    view = dataclasses.replace(BASE, headers=[*BASE.headers, (b"Content-Encoding", encoding)])
+    assert code(view) == expected
+
+
+def test_the_encoded_body_message_is_pipelocks() -> None:
+    view = dataclasses.replace(BASE, headers=[*BASE.headers, (b"Content-Encoding", b"gzip")])
+    result = verdict(view)
+    assert isinstance(result, Block)
+    assert result.message == (
+        'request body uses Content-Encoding "gzip"; compressed bodies cannot be scanned for secrets'
+    )
+
+
+def test_an_empty_body_with_an_encoding_goes_to_the_scanner() -> None:
+    view = dataclasses.replace(
+        BASE, body=b"", headers=[*BASE.headers, (b"Content-Encoding", b"gzip")]
+    )
+    assert verdict(view) == Cleared()
+
+
+def test_body_cap_is_inclusive() -> None:
+    assert code(dataclasses.replace(BASE, body=b"x" * 1000), max_body_bytes=1000) is None
+    assert code(dataclasses.replace(BASE, body=b"x" * 1001), max_body_bytes=1000) == (
+        "body_too_large"
+    )
+
+
+def test_a_huge_body_is_blocked_without_being_read_twice() -> None:
+    view = dataclasses.replace(BASE, body=b"a" * (64 * 1024 * 1024))
+    assert code(view) == "body_too_large"
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"streamed": True}, "body_streamed"),
+        ({"body": None}, "body_streamed"),
+        ({"has_trailers": True}, "trailers"),
+        ({"headers": [*BASE.headers, (b"Upgrade", b"websocket")]}, "upgrade"),
+        ({"headers": [*BASE.headers, (b"upgrade", b"h2c")]}, "upgrade"),
+        ({"target": b"*"}, "unsendable_request"),
+        ({"target": b"/a b"}, "unsendable_request"),
+        ({"method": b"GE T"}, "unsendable_request"),
+        ({"headers": [*BASE.headers, (b"X-A", b"1\r\nX-B: 2")]}, "unsendable_request"),
+        ({"headers": [*BASE.headers, (b"X A", b"1")]}, "unsendable_request"),
+        ({"method": b"M-SEARCH"}, None),
+    ],
+)
+def test_requests_the_scanner_cannot_see_whole_are_blocked(
+    change: dict[str, object], expected: str | None
+) -> None:
+    assert code(dataclasses.replace(BASE, **change)) == expected  # type: ignore[arg-type]
+
+
+SECRET = "sk-ant-api03-" + "A1b2C3d4" * 4
+BINDING = credentials.load(
+    '{"bindings": [{"host": "api.example.com", "header": "x-api-key", "value_env": "KEY"}]}',
+    {"KEY": SECRET},
+)
+
+
+def with_key(view: RequestView, **change: object) -> Block | Cleared:
+    return check(dataclasses.replace(view, **change), max_body_bytes=1 << 20, bindings=BINDING)  # type: ignore[arg-type]
+
+
+def test_the_bound_key_to_its_own_host_is_hidden_from_the_scanner() -> None:
+    headers = [*BASE.headers, (b"X-Api-Key", SECRET.encode())]
+    result = with_key(BASE, headers=headers)
+    assert result == Cleared(frozenset({2}), ("x-api-key",))
+
+
+KEY = SECRET.encode()
+EVIL = {"host": "evil.example.net", "sni": "evil.example.net"}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {**EVIL, "headers": [(b"Host", b"evil.example.net"), (b"X-Api-Key", KEY)]},
+        {"headers": [*BASE.headers, (b"Authorization", b"Bearer " + KEY)]},
+        {"headers": [*BASE.headers, (b"X-Api-Key", b"prefix-" + KEY)]},
+        {"headers": [*BASE.headers, (b"X-Api-Key", KEY)], "scheme": "http", "port": 80},
+        {"headers": [(b"Host", b"api.example.com:8443"), (b"X-Api-Key", KEY)], "port": 8443},
+        {"body": b'{"leak": "' + KEY + b'"}'},
+        {"target": b"/v1?k=" + KEY},
+        {"target": b"/v1?k=" + KEY.replace(b"-", b"%2D")},
+        {"body": base64.b64encode(b"xx" + KEY)},
+        {"body": KEY.hex().encode()},
+    ],
+    ids=[
+        "other-host",
+        "other-header",
+        "not-the-exact-value",
+        "cleartext",
+        "other-port",
+        "body",
+        "url",
+        "url-encoded",
+        "base64-body",
+        "hex-body",
+    ],
+)
+def test_the_bound_key_anywhere_else_is_blocked(change: dict[str, object]) -> None:
+    if change.get("scheme") == "http":
+        change["sni"] = None
+    result = with_key(BASE, **change)
+    assert isinstance(result, Block)
+    assert result.code == "credential_misuse"
+
+
+def bindings_file(**entry: object) -> str:
+    return json.dumps({"bindings": [entry]})
+
+
+def test_authorization_bindings_accept_a_scheme() -> None:
+    text = bindings_file(host="api.example.com", header="authorization", value=SECRET)
+    bindings = credentials.load(text, {})
+    headers = [*BASE.headers, (b"Authorization", b"Bearer " + SECRET.encode())]
+    view = dataclasses.replace(BASE, headers=headers)
+    result = check(view, max_body_bytes=1 << 20, bindings=bindings)
+    assert result == Cleared(frozenset({2}), ("authorization",))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[]", "one key"),
+        ('{"bindings": {}}', "must be a list"),
+        (bindings_file(host="API.x", header="x", value=SECRET), "host"),
+        (bindings_file(host="a.b", header="x y", value=SECRET), "header"),
+        (bindings_file(host="a.b", header="x", value="short"), "at least"),
+        (bindings_file(host="a.b", header="x", value_env="NOPE"), "not set"),
+        (bindings_file(host="a.b", header="x"), "exactly one"),
+        (bindings_file(host="a.b", header="x", value=SECRET, z=1), "unknown"),
+        ("{", "not JSON"),
+    ],
+)
+def test_bad_binding_files_say_what_to_fix(text: str, message: str) -> None:
+    with pytest.raises(credentials.BindingError, match=message):
+        credentials.load(text, {})
