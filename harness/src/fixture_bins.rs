@@ -28,17 +28,20 @@ pub fn get() -> Result<Vec<PathBuf>> {
 }
 
 /// Builds the fixture binaries and returns their paths.
+///
+/// It builds the whole workspace with all targets, not just the two packages: selecting a subset
+/// of packages changes cargo's feature unification, so most dependencies would be compiled a
+/// second time even right after `cargo nextest run` / `cargo test` built the workspace. With the
+/// same unit set as the test build, this is a no-op (a few seconds at most) after it.
 pub fn build() -> Result<Vec<PathBuf>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(workspace_root()).args([
         "build",
-        "--bins",
+        "--workspace",
+        "--all-targets",
         "--message-format=json-render-diagnostics",
     ]);
-    for package in FIXTURE_PACKAGES {
-        cmd.args(["-p", package]);
-    }
     let output = cmd
         .output()
         .with_context(|| format!("running {cargo} build"))?;
@@ -55,7 +58,10 @@ pub fn build() -> Result<Vec<PathBuf>> {
         .filter(|l| !l.is_empty())
     {
         let message: serde_json::Value = serde_json::from_slice(line)?;
-        let is_fixture_bin = message["target"]["kind"] == serde_json::json!(["bin"])
+        // `--all-targets` also builds each bin as a unit-test harness (`profile.test`): skip it.
+        let is_fixture_bin = message["reason"] == "compiler-artifact"
+            && message["target"]["kind"] == serde_json::json!(["bin"])
+            && message["profile"]["test"] == false
             && FIXTURE_PACKAGES
                 .iter()
                 .any(|p| message["target"]["name"] == *p);
