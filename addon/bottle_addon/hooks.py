@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.proxy import server_hooks
 
-from . import credentials, policy, record, scanner, verdict
+from . import credentials, policy, record, scanner, ssrf, verdict
 
 logger = logging.getLogger("bottle")
 
@@ -67,6 +70,9 @@ class BottleAddon:
         self.scanner: scanner.Scanner | None = None
         self.bindings: tuple[credentials.Binding, ...] = ()
         self.log: record.DecisionLog | None = None
+        self.ssrf_allowed: tuple[ssrf.IPNetwork, ...] = ()
+        # Server connection id -> the (name, port) it was pinned away from while connecting.
+        self._pinned: dict[str, tuple[str, int]] = {}
 
     def load(self, loader: Any) -> None:
         loader.add_option(
@@ -92,6 +98,12 @@ class BottleAddon:
             str,
             "",
             "File the JSON-lines decision record is appended to (default: stdout).",
+        )
+        loader.add_option(
+            "bottle_ssrf_allow",
+            Sequence[str],
+            [],
+            "Private networks mitmproxy may connect to (CIDRs, comma-separated): test networks.",
         )
         loader.add_option(
             "bottle_credentials",
@@ -125,6 +137,10 @@ class BottleAddon:
             self.scanner.close()
         self.scanner = scanner.Scanner(endpoint, options.bottle_verdict_timeout_ms / 1000)
         self.bindings = self._load_bindings(options.bottle_credentials)
+        try:
+            self.ssrf_allowed = ssrf.parse_allowlist(options.bottle_ssrf_allow)
+        except ValueError as e:
+            raise exceptions.OptionsError(f"bottle: bottle_ssrf_allow: {e}") from None
         if self.log is None or self.log.path != options.bottle_decision_log:
             try:
                 log = record.DecisionLog(options.bottle_decision_log)
@@ -156,6 +172,12 @@ class BottleAddon:
         )
 
     def done(self) -> None:
+        master = getattr(ctx, "master", None)
+        if master is not None and not master.should_exit.is_set():
+            # mitmproxy unloads a script whose file changed or vanished and goes on proxying
+            # without it: stop instead, so nothing passes unscanned.
+            logger.error("bottle: the addon was unloaded while mitmproxy runs; shutting down")
+            master.shutdown()
         if self.scanner is not None:
             self.scanner.close()
         if self.log is not None:
@@ -184,12 +206,15 @@ class BottleAddon:
         )
         if isinstance(cleared, policy.Block):
             state.update(decided_by="addon", reason=cleared.code, detail=cleared.message)
+            state["answered"] = True
             flow.response = _bottle_response(403, cleared.code, cleared.message, flow.id)
             return
         state["credential"] = list(cleared.credential_headers) or None
         assert view.body is not None
         scan_request = scanner.build_request(
-            method=view.method,
+            # pipelock's verdict is in its answer's body, and an answer to HEAD has none; its
+            # checks do not depend on the method, so HEAD is asked about as GET.
+            method=b"GET" if view.method == b"HEAD" else view.method,
             scheme=view.scheme,
             host=policy.normalise_host(view.host),
             port=view.port,
@@ -216,7 +241,7 @@ class BottleAddon:
         if decision.kind is verdict.Kind.ALLOW:
             state.update(decided_by="pipelock", verdict="allow", reason=None)
         elif decision.kind is verdict.Kind.BLOCK:
-            state.update(decided_by="pipelock", reason=decision.reason)
+            state.update(decided_by="pipelock", reason=decision.reason, answered=True)
             assert decision.status is not None
             relayed = [*decision.headers, ("X-Bottle-Request-Id", flow.id)]
             flow.response = http.Response.make(
@@ -230,6 +255,7 @@ class BottleAddon:
     @staticmethod
     def _answer_unavailable(flow: http.HTTPFlow, state: dict[str, Any], why: str) -> None:
         state.update(decided_by="addon", verdict="block", reason="verdict_unavailable", detail=why)
+        state["answered"] = True
         logger.warning("bottle: blocked %s: no verdict: %s", flow.id, why)
         flow.response = _bottle_response(
             502,
@@ -238,10 +264,60 @@ class BottleAddon:
             flow.id,
         )
 
+    # --- where mitmproxy connects -------------------------------------------------------------
+
+    async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        server = data.server
+        try:
+            await self._check_and_pin(server)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            server.error = f"bottle: blocked: the upstream address could not be checked: {e}"
+        if server.error:
+            logger.warning("bottle: refused a connection to %s: %s", server.address, server.error)
+
+    async def _check_and_pin(self, server: Any) -> None:
+        if not server.address:
+            return
+        host, port = server.address
+        if ssrf.is_ip_literal(host):
+            addresses = [host]
+        else:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, port, type=socket.SOCK_STREAM
+            )
+            addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        problem = ssrf.check(host, addresses, self.ssrf_allowed)
+        if problem:
+            server.error = f"bottle: blocked: {problem}"
+            return
+        if addresses[0] != host:
+            # Connect to the address just checked, not to whatever a second lookup returns;
+            # the TLS name stays the host name.
+            if server.tls and server.sni is None:
+                server.sni = host
+            self._pinned[server.id] = server.address
+            server.address = (addresses[0], port)
+
+    def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        self._unpin(data.server)
+
+    def server_connect_error(self, data: server_hooks.ServerConnectionHookData) -> None:
+        self._unpin(data.server)
+
+    def _unpin(self, server: Any) -> None:
+        # Back to the name, so mitmproxy reuses the connection for later requests to that name.
+        original = self._pinned.pop(server.id, None)
+        if original is not None:
+            server.address = original
+
     # --- responses and the record ------------------------------------------------------------
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         state = _state(flow)
+        if state.get("answered"):
+            return  # the addon's own answer (mitmproxy runs this hook for it too)
         if state.get("verdict") != "allow":
             # An upstream answered a request this addon never allowed: refuse to pass it on.
             logger.error("bottle: %s reached an upstream without a verdict; killing it", flow.id)
@@ -270,6 +346,10 @@ class BottleAddon:
         if state.get("written") or self.log is None:
             return
         state["written"] = True
+        if flow.error and "bottle: blocked:" in flow.error.msg:
+            # Allowed by pipelock, then refused at connect (server_connect, above).
+            state.update(verdict="block", decided_by="addon", reason="upstream_address")
+            state["detail"] = flow.error.msg
         try:
             self.log.write(decision_record(flow, state))
         except Exception:

@@ -1,9 +1,11 @@
 """The request hook end to end with a stand-in scanner call: options, verdicts, fail closed,
 SSE streaming and the decision record."""
 
+import asyncio
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -360,3 +362,74 @@ async def test_one_record_per_flow_even_when_response_and_error_both_fire(
         bottle.error(flow)
     lines = records(log)
     assert [line["id"] for line in lines] == [flow.id for flow in flows]
+
+
+async def test_a_head_request_is_asked_about_as_get(
+    addon: tuple[hooks.BottleAddon, Path], fake: FakeScanner
+) -> None:
+    bottle, _ = addon
+    flow = https_flow(method=b"HEAD", body=b"")
+    await bottle.request(flow)
+    assert flow.response is None
+    assert fake.asked[0].method == b"GET"
+    assert flow.request.method == "HEAD"
+
+
+@pytest.mark.parametrize("answer", [lambda: ALLOW, lambda: BLOCK, scanner_fails])
+async def test_the_addons_own_answers_are_not_killed(
+    addon: tuple[hooks.BottleAddon, Path], fake: FakeScanner, answer: Callable[[], ScannerAnswer]
+) -> None:
+    # mitmproxy runs `responseheaders` for a response the request hook set, too.
+    bottle, log = addon
+    fake.answer = answer
+    flow = https_flow()
+    await bottle.request(flow)
+    if flow.response is None:
+        upstream_response(flow, "application/json")
+    bottle.responseheaders(flow)
+    assert flow.error is None
+    bottle.response(flow)
+    assert records(log)[0]["reason"] != "no_verdict"
+
+
+def server(host: str, tls: bool = True) -> Any:
+    """The part of mitmproxy's Server the connect hooks use."""
+    return SimpleNamespace(id="conn-1", address=(host, 443), tls=tls, sni=None, error=None)
+
+
+async def test_a_private_upstream_address_is_refused_at_connect(
+    addon: tuple[hooks.BottleAddon, Path],
+) -> None:
+    bottle, _ = addon
+    for host in ("10.0.0.7", "localhost"):
+        conn = server(host)
+        await bottle.server_connect(SimpleNamespace(server=conn))
+        assert conn.error is not None
+        assert "private or internal address" in conn.error
+
+
+async def test_the_connection_is_pinned_to_the_checked_address_then_unpinned(
+    tmp_path: Path,
+) -> None:
+    bottle = hooks.BottleAddon()
+    with context(bottle) as tctx:
+        tctx.configure(
+            bottle, **SAFE, bottle_pipelock_url="http://p:8888", bottle_ssrf_allow=["127.0.0.0/8"]
+        )
+        conn = server("localhost")
+        conn.address = ("localhost", 8443)
+        loop = asyncio.get_running_loop()
+        original = loop.getaddrinfo
+
+        async def only_v4(host: str, port: int, **kwargs: Any) -> Any:
+            return [info for info in await original(host, port, **kwargs) if ":" not in info[4][0]]
+
+        loop.getaddrinfo = only_v4  # type: ignore[method-assign]
+        try:
+            await bottle.server_connect(SimpleNamespace(server=conn))
+        finally:
+            loop.getaddrinfo = original  # type: ignore[method-assign]
+        assert conn.error is None
+        assert (conn.address, conn.sni) == (("127.0.0.1", 8443), "localhost")
+        bottle.server_connected(SimpleNamespace(server=conn))
+        assert conn.address == ("localhost", 8443)
