@@ -4,6 +4,7 @@
 //! that die with the test, and a sweep of what a killed test run left behind.
 
 pub mod cleanup;
+pub mod copy;
 pub mod exec;
 pub mod fixture_bins;
 pub mod images;

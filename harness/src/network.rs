@@ -68,3 +68,66 @@ async fn remove_with_containers(docker: &Docker, name: &str) {
     }
     let _ = docker.remove_network(name).await;
 }
+
+/// Connects a container to a network under extra DNS names (`aliases`), which testcontainers
+/// cannot do. A container already on that network is disconnected first, so this also gives
+/// aliases to the network a container was started on.
+pub async fn connect(
+    docker: &Docker,
+    network: &str,
+    container: &str,
+    aliases: &[&str],
+) -> Result<()> {
+    let attached = docker
+        .inspect_container(
+            container,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .with_context(|| format!("inspecting container {container}"))?
+        .network_settings
+        .and_then(|s| s.networks)
+        .is_some_and(|n| n.contains_key(network));
+    if attached {
+        docker
+            .disconnect_network(
+                network,
+                bollard::models::NetworkDisconnectRequest {
+                    container: container.to_string(),
+                    force: Some(true),
+                },
+            )
+            .await
+            .with_context(|| format!("disconnecting {container} from {network}"))?;
+    }
+    docker
+        .connect_network(
+            network,
+            bollard::models::NetworkConnectRequest {
+                container: container.to_string(),
+                endpoint_config: Some(bollard::models::EndpointSettings {
+                    aliases: Some(aliases.iter().map(|a| a.to_string()).collect()),
+                    ..Default::default()
+                }),
+            },
+        )
+        .await
+        .with_context(|| format!("connecting {container} to {network} as {aliases:?}"))
+}
+
+/// The container's IPv4 address on `network`.
+pub async fn ip(docker: &Docker, network: &str, container: &str) -> Result<String> {
+    docker
+        .inspect_container(
+            container,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .with_context(|| format!("inspecting container {container}"))?
+        .network_settings
+        .and_then(|s| s.networks)
+        .and_then(|mut n| n.remove(network))
+        .and_then(|e| e.ip_address)
+        .filter(|ip| !ip.is_empty())
+        .with_context(|| format!("{container} has no address on {network}"))
+}
