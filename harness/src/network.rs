@@ -78,16 +78,7 @@ pub async fn connect(
     container: &str,
     aliases: &[&str],
 ) -> Result<()> {
-    let attached = docker
-        .inspect_container(
-            container,
-            None::<bollard::query_parameters::InspectContainerOptions>,
-        )
-        .await
-        .with_context(|| format!("inspecting container {container}"))?
-        .network_settings
-        .and_then(|s| s.networks)
-        .is_some_and(|n| n.contains_key(network));
+    let attached = endpoints(docker, container).await?.contains_key(network);
     if attached {
         docker
             .disconnect_network(
@@ -117,7 +108,20 @@ pub async fn connect(
 
 /// The container's IPv4 address on `network`.
 pub async fn ip(docker: &Docker, network: &str, container: &str) -> Result<String> {
-    docker
+    endpoints(docker, container)
+        .await?
+        .remove(network)
+        .and_then(|e| e.ip_address)
+        .filter(|ip| !ip.is_empty())
+        .with_context(|| format!("{container} has no address on {network}"))
+}
+
+/// The container's network endpoints, by network name.
+async fn endpoints(
+    docker: &Docker,
+    container: &str,
+) -> Result<std::collections::HashMap<String, bollard::models::EndpointSettings>> {
+    Ok(docker
         .inspect_container(
             container,
             None::<bollard::query_parameters::InspectContainerOptions>,
@@ -126,8 +130,5 @@ pub async fn ip(docker: &Docker, network: &str, container: &str) -> Result<Strin
         .with_context(|| format!("inspecting container {container}"))?
         .network_settings
         .and_then(|s| s.networks)
-        .and_then(|mut n| n.remove(network))
-        .and_then(|e| e.ip_address)
-        .filter(|ip| !ip.is_empty())
-        .with_context(|| format!("{container} has no address on {network}"))
+        .unwrap_or_default())
 }
