@@ -2,8 +2,9 @@
 //! mitmproxy and scanned by pipelock before it leaves.
 //!
 //! This library is the one source of truth for what a bottle is; the harness brings bottles up
-//! from it. Today it holds the Docker connection and the locally built images.
+//! from it (`plan`). Today it holds the plan, the Docker connection and the locally built images.
 
 pub mod docker;
 pub mod images;
+pub mod plan;
 pub mod progress;
