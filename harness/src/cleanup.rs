@@ -68,3 +68,32 @@ pub async fn sweep(docker: &Docker, only_pid: Option<u32>) -> Result<usize> {
     }
     Ok(removed)
 }
+
+/// Installs, once per process, a handler that on SIGINT or SIGTERM (Ctrl-C, or nextest stopping
+/// a test) removes every container and network this process made, then exits 130.
+pub fn on_signal(_docker: &Docker) {
+    static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        std::thread::spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the signal handler");
+            runtime.block_on(async {
+                use tokio::signal::unix::{SignalKind, signal};
+                let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
+                let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                }
+                eprintln!("[bottle] interrupted: removing this run's containers and networks");
+                // A client of this runtime's own: the test's runtime may be the one stopping.
+                if let Ok(docker) = bottle::docker::connect().await {
+                    let _ = sweep(&docker, Some(std::process::id())).await;
+                }
+                std::process::exit(130);
+            });
+        });
+    });
+}

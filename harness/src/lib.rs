@@ -1,12 +1,18 @@
 //! The bottle harness: brings containers up for the conformance suite and cleans up after it.
 //!
-//! Today: the test images (launcher images + fixtures), labelled internal networks, containers
-//! that die with the test, and a sweep of what a killed test run left behind.
+//! A bottle comes up from the launcher's plan (`chain`); probes run clients inside its agent
+//! (`probe`); scenarios are data (`scenario`), run one case at a time (`runner`) and reported
+//! (`report`). Everything made is labelled and removed (`cleanup`, `network`).
 
+pub mod chain;
 pub mod cleanup;
 pub mod copy;
 pub mod exec;
 pub mod fixture_bins;
 pub mod images;
 pub mod network;
+pub mod probe;
+pub mod report;
 pub mod run;
+pub mod runner;
+pub mod scenario;

@@ -15,12 +15,23 @@ pub struct InternalNetwork {
 
 impl InternalNetwork {
     pub async fn create(docker: &Docker, prefix: &str) -> Result<Self> {
-        let name = run::unique(prefix);
+        Self::create_named(docker, &run::unique(prefix), &Default::default()).await
+    }
+
+    /// An internal network under exactly this name, with `labels` added to the run's own.
+    pub async fn create_named(
+        docker: &Docker,
+        name: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Self> {
+        let name = name.to_string();
+        let mut all_labels = run::labels();
+        all_labels.extend(labels.clone());
         docker
             .create_network(NetworkCreateRequest {
                 name: name.clone(),
                 internal: Some(true),
-                labels: Some(run::labels()),
+                labels: Some(all_labels),
                 ..Default::default()
             })
             .await
@@ -131,4 +142,19 @@ async fn endpoints(
         .network_settings
         .and_then(|s| s.networks)
         .unwrap_or_default())
+}
+
+/// The network's (first) IPv4 subnet, e.g. `172.20.0.0/16`.
+pub async fn subnet(docker: &Docker, network: &str) -> Result<String> {
+    docker
+        .inspect_network(
+            network,
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await
+        .with_context(|| format!("inspecting network {network}"))?
+        .ipam
+        .and_then(|ipam| ipam.config)
+        .and_then(|configs| configs.into_iter().find_map(|c| c.subnet))
+        .with_context(|| format!("network {network} has no subnet"))
 }

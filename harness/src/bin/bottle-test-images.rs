@@ -1,5 +1,7 @@
 //! Ensures every image the suite needs, with progress: run once by nextest's setup script
 //! before the container tests, so the first build is visible and not raced by parallel tests.
+//! It also starts this run's report: it clears the last one and records the scenario cases that
+//! will not run (UNIMPLEMENTED, NOT-APPLICABLE) with their reasons, so none is skipped silently.
 
 use std::io::Write;
 
@@ -28,6 +30,36 @@ async fn main() -> Result<()> {
     eprintln!(
         "[bottle] all images present ({:.1}s)",
         started.elapsed().as_secs_f64()
+    );
+    start_report(&images)
+}
+
+/// The harness runs the pipelock double (pipelock cannot be pulled here).
+fn start_report(images: &bottle_harness::images::TestImages) -> Result<()> {
+    use bottle_harness::report::{self, CaseResult};
+    use bottle_harness::scenario;
+    report::reset()?;
+    let scenarios = scenario::load_dir(scenario::default_dir())?;
+    let mut settled = 0;
+    for case in scenario::expand(&scenarios) {
+        if let Some((outcome, reason)) = case.settled(true) {
+            let mut result = CaseResult::new(&case, outcome, Some(reason));
+            result.images = [
+                ("agent", &images.agent),
+                ("mitm", &images.mitmproxy),
+                ("scanner", &images.fixtures),
+            ]
+            .into_iter()
+            .map(|(role, tag)| (role.to_string(), tag.to_string()))
+            .collect();
+            result.scanner = format!("{} (pipelock-double)", images.fixtures);
+            report::record(&result)?;
+            settled += 1;
+        }
+    }
+    eprintln!(
+        "[bottle] report: {} ({settled} cases that will not run are recorded with their reason)",
+        report::Report::default_dir().display()
     );
     Ok(())
 }

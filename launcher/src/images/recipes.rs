@@ -121,6 +121,10 @@ macro_rules! recipe_bytes {
 const AGENT_PROBES: &[(&str, &[u8])] = &[
     ("probes/probe.js", recipe_bytes!("agent/probes/probe.js")),
     ("probes/probe.py", recipe_bytes!("agent/probes/probe.py")),
+    (
+        "probes/probe-curl.py",
+        recipe_bytes!("agent/probes/probe-curl.py"),
+    ),
 ];
 
 pub fn docker_recipe(recipe: Recipe, fixture_binaries: &[PathBuf]) -> Option<DockerRecipe> {

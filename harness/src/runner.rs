@@ -1,0 +1,355 @@
+//! Runs one scenario case against a fresh bottle and says which expectations it did not meet.
+//! The conformance test binary (`tests/scenarios.rs`) and the harness's own negative control
+//! share it.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bottle::plan::{NetworkRole, Role};
+use serde_json::{Value, json};
+
+use crate::chain::{Chain, ChainOptions};
+use crate::probe::{self, ProbeRequest, ProbeResult};
+use crate::scenario::{self, Case, Scenario};
+use crate::{images, network};
+
+/// The images by role, and the scanner that ran.
+pub type ChainInfo = Option<(std::collections::BTreeMap<String, String>, String)>;
+
+/// Runs the case; Ok carries the unmet expectations (empty: PASS) and the evidence.
+pub async fn execute(
+    case: &Case,
+    options: ChainOptions,
+) -> Result<(Vec<String>, Value, ChainInfo)> {
+    let docker = bottle::docker::connect().await?;
+    let images = images::ensure(&docker).await?;
+    let t0 = Instant::now();
+    let chain = Chain::up(&docker, &images, options).await?;
+    eprintln!("[bottle] chain up in {:.1}s", t0.elapsed().as_secs_f64());
+    let outcome = exercise(case, &chain).await;
+    eprintln!("[bottle] exercised at {:.1}s", t0.elapsed().as_secs_f64());
+    let info = Some((
+        chain
+            .plan
+            .containers
+            .iter()
+            .map(|c| (format!("{:?}", c.role).to_lowercase(), c.image.clone()))
+            .chain([("upstream".to_string(), images.fixtures.clone())])
+            .collect(),
+        if chain.scanner_is_double() {
+            format!("{} (pipelock-double)", images.fixtures)
+        } else {
+            chain.plan.container(Role::Scanner).image.clone()
+        },
+    ));
+    if outcome
+        .as_ref()
+        .map_or(true, |(failures, _)| !failures.is_empty())
+    {
+        eprintln!("{}", chain.logs().await);
+    }
+    chain.down().await?;
+    eprintln!("[bottle] down at {:.1}s", t0.elapsed().as_secs_f64());
+    let (failures, evidence) = outcome?;
+    Ok((failures, evidence, info))
+}
+
+async fn exercise(case: &Case, chain: &Chain) -> Result<(Vec<String>, Value)> {
+    let s = &case.scenario;
+    let request = s.request.as_ref().context("the scenario has no request")?;
+    if let Some(upstream) = &s.upstream {
+        chain.put_routes(&upstream.routes_json()).await?;
+    }
+    let scanner = chain.plan.container(Role::Scanner);
+    let scanner_ip = network::ip(
+        chain.docker(),
+        &chain.plan.network(NetworkRole::Scan).name,
+        &scanner.name,
+    )
+    .await?;
+    let url = request
+        .url
+        .replace("{scanner}", &scanner.name)
+        .replace("{scanner_ip}", &scanner_ip);
+    let mut probe_request = ProbeRequest::new(&request.method, &url);
+    probe_request.headers = request
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    probe_request.body = request.body_bytes()?;
+    probe_request.no_proxy = request.no_proxy;
+    probe_request.timeout = Duration::from_millis(request.timeout_ms.unwrap_or(15_000));
+    let result = probe::run(
+        chain.docker(),
+        chain.id(Role::Agent),
+        case.client,
+        case.protocol,
+        &probe_request,
+    )
+    .await?;
+
+    // The decision record is written when the flow ends, just after the client has its answer.
+    let mut decisions = Vec::new();
+    for _ in 0..20 {
+        decisions = chain.decisions().await?;
+        if !decisions.is_empty() || request.no_proxy {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let decision = decisions.last().cloned();
+    let events = chain.scanner_events().await?;
+    let joined: Vec<Value> = match decision.as_ref().and_then(|d| d["id"].as_str()) {
+        Some(id) => events
+            .iter()
+            .filter(|e| e["agent"] == id)
+            .cloned()
+            .collect(),
+        None => Vec::new(),
+    };
+    let records = chain.upstream_records().await?;
+    let evidence = json!({
+        "probe": probe_evidence(&result),
+        "decision": decision,
+        "pipelock_events": joined,
+        "upstream_receipts": records,
+        "url": url,
+    });
+    let failures = check(s, &result, decision.as_ref(), &joined, &records);
+    Ok((failures, evidence))
+}
+
+fn probe_evidence(result: &ProbeResult) -> Value {
+    let body = String::from_utf8_lossy(&result.body);
+    let shown: String = body.chars().take(2000).collect();
+    json!({
+        "client": result.client, "protocol": result.protocol, "status": result.status,
+        "headers": result.headers, "body": shown, "alpn": result.alpn, "error": result.error,
+        "elapsed_ms": result.elapsed_ms, "chunks": result.chunks,
+    })
+}
+
+/// Every expectation of the scenario that the evidence does not meet.
+pub fn check(
+    s: &Scenario,
+    result: &ProbeResult,
+    decision: Option<&Value>,
+    events: &[Value],
+    records: &[Value],
+) -> Vec<String> {
+    let e = &s.expect;
+    let mut failures = Vec::new();
+    let mut fail = |text: String| failures.push(text);
+    let body = String::from_utf8_lossy(&result.body).into_owned();
+    let answer = || {
+        format!(
+            "status {:?}, error {:?}, body {:?}",
+            result.status,
+            result.error,
+            body.chars().take(300).collect::<String>()
+        )
+    };
+
+    if let Some(status) = e.status
+        && result.status != Some(status)
+    {
+        fail(format!("expected status {status}, got {}", answer()));
+    }
+    if e.error && (result.status.is_some() || result.error.is_none()) {
+        fail(format!("expected the client to fail, got {}", answer()));
+    }
+    for needle in &e.body_contains {
+        if !body.contains(needle.as_str()) {
+            fail(format!("the body lacks {needle:?}: {}", answer()));
+        }
+    }
+    for (name, value) in &e.headers {
+        if result.header(name) != Some(value.as_str()) {
+            fail(format!(
+                "header {name}: expected {value:?}, got {:?}",
+                result.header(name)
+            ));
+        }
+    }
+    if e.body_equals_upstream {
+        match upstream_route_for(s) {
+            Some(route) => {
+                if result.status != Some(route.status) {
+                    fail(format!(
+                        "the upstream sent {}, the client got {}",
+                        route.status,
+                        answer()
+                    ));
+                }
+                let sent = route.body.clone().unwrap_or_default();
+                if body != sent {
+                    fail(format!(
+                        "the body differs from the upstream's {sent:?}: {body:?}"
+                    ));
+                }
+                for (name, value) in &route.headers {
+                    if result.header(name) != Some(value.as_str()) {
+                        fail(format!(
+                            "the upstream's header {name}: {value:?} arrived as {:?}",
+                            result.header(name)
+                        ));
+                    }
+                }
+            }
+            None => fail("body_equals_upstream needs an upstream route for the URL".into()),
+        }
+    }
+
+    let requests: Vec<&Value> = records.iter().filter(|r| r["kind"] == "request").collect();
+    if let Some(count) = e.upstream_requests
+        && requests.len() != count as usize
+    {
+        fail(format!(
+            "expected {count} upstream receipts, got {}: {:?}",
+            requests.len(),
+            requests
+                .iter()
+                .map(|r| format!("{} {} port {}", r["method"], r["path"], r["port"]))
+                .collect::<Vec<_>>()
+        ));
+    }
+    if let Some(secret) = &e.secret
+        && let Some(record) = records.iter().find(|r| mentions(r, secret))
+    {
+        fail(format!(
+            "the secret reached an upstream (port {}): {record}",
+            record["port"]
+        ));
+    }
+    if let Some(alpn) = &e.alpn {
+        if let Some(client) = alpn.client {
+            let wanted = alpn_name(client);
+            if result.alpn.as_deref() != Some(wanted) {
+                fail(format!(
+                    "ALPN agent↔mitmproxy: expected {wanted}, got {:?}",
+                    result.alpn
+                ));
+            }
+        }
+        if let Some(upstream) = alpn.upstream {
+            let wanted = alpn_name(upstream);
+            let seen: Vec<&str> = requests.iter().filter_map(|r| r["alpn"].as_str()).collect();
+            if seen.is_empty() || seen.iter().any(|a| *a != wanted) {
+                fail(format!(
+                    "ALPN mitmproxy↔upstream: expected {wanted}, the upstream recorded {seen:?}"
+                ));
+            }
+            let version = if wanted == "h2" {
+                "HTTP/2.0"
+            } else {
+                "HTTP/1.1"
+            };
+            let recorded = decision.map(|d| &d["http_version"]["upstream"]);
+            if recorded.and_then(Value::as_str) != Some(version) {
+                fail(format!(
+                    "the decision record says upstream {recorded:?}, expected {version}"
+                ));
+            }
+        }
+    }
+    if let Some(expected) = &e.decision {
+        match decision {
+            None => fail("no decision record".into()),
+            Some(d) => {
+                if let Some(verdict) = expected.verdict {
+                    let wanted = serde_json::to_value(verdict).unwrap_or_default();
+                    if d["verdict"] != wanted {
+                        fail(format!(
+                            "decision verdict {} (expected {wanted})",
+                            d["verdict"]
+                        ));
+                    }
+                }
+                if let Some(by) = expected.decided_by {
+                    let wanted = serde_json::to_value(by).unwrap_or_default();
+                    if d["decided_by"] != wanted {
+                        fail(format!(
+                            "decided_by {} (expected {wanted})",
+                            d["decided_by"]
+                        ));
+                    }
+                }
+                if let Some(needle) = &expected.reason_contains
+                    && !d["reason"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains(needle.as_str())
+                {
+                    fail(format!("decision reason {} lacks {needle:?}", d["reason"]));
+                }
+            }
+        }
+    }
+    if let Some(fields) = &e.pipelock_event {
+        let matches = |event: &Value| fields.iter().all(|(k, v)| &event[k] == v);
+        if !events.iter().any(matches) {
+            fail(format!(
+                "no scanner event joined on the request id has {fields:?}; joined: {events:?}"
+            ));
+        }
+    }
+    if let Some(stream) = &e.stream {
+        let chunks: Vec<f64> = result
+            .chunks
+            .iter()
+            .filter(|c| c.len > 0)
+            .map(|c| c.at_ms)
+            .collect();
+        let wanted = stream.chunks_at_least.unwrap_or(0) as usize;
+        if chunks.len() < wanted {
+            fail(format!(
+                "expected at least {wanted} body chunks as they were sent, got {}: {chunks:?}",
+                chunks.len()
+            ));
+        } else if let (Some(lag), Some(interval)) = (stream.max_lag_ms, stream.interval_ms) {
+            for (k, at) in chunks.iter().take(wanted).enumerate() {
+                let due = chunks[0] + (k as u64 * interval) as f64;
+                if (at - due).abs() > lag as f64 {
+                    fail(format!(
+                        "event {k} arrived at {at:.0} ms, {:.0} ms from when it was sent \
+                         (allowed {lag} ms): {chunks:?}",
+                        at - due
+                    ));
+                    break;
+                }
+            }
+        }
+    }
+    failures
+}
+
+fn alpn_name(alpn: scenario::Alpn) -> &'static str {
+    match alpn {
+        scenario::Alpn::H2 => "h2",
+        scenario::Alpn::Http11 => "http/1.1",
+    }
+}
+
+/// The scenario's upstream route that serves its request URL.
+fn upstream_route_for(s: &Scenario) -> Option<&scenario::UpstreamRoute> {
+    let url = &s.request.as_ref()?.url;
+    let path = url.splitn(4, '/').nth(3).map(|p| format!("/{p}"))?;
+    s.upstream
+        .as_ref()?
+        .routes
+        .iter()
+        .find(|r| path.split('?').next() == Some(r.path.as_str()))
+}
+
+/// Whether an upstream record carries the secret anywhere: path, headers or body (also base64).
+fn mentions(record: &Value, secret: &str) -> bool {
+    use base64::Engine;
+    if record.to_string().contains(secret) {
+        return true;
+    }
+    record["body_base64"]
+        .as_str()
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .is_some_and(|bytes| String::from_utf8_lossy(&bytes).contains(secret))
+}
