@@ -3,7 +3,9 @@
 //! certificates from a stand-in root that only mitmproxy trusts.
 //!
 //! Everything is removed by `down()`, by `Drop` while a panic unwinds, and on SIGINT/SIGTERM by
-//! a process-wide handler (`cleanup::on_signal`).
+//! a process-wide handler (`cleanup::on_signal`). A chain can also be *attached*: a bottle another
+//! process brought up and owns (the suite's pool, `pool`), described the same way but never
+//! torn down from here.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -34,6 +36,7 @@ pub const UPSTREAM_HOSTS: [&str; 3] = [
 const UPSTREAM_CONTROL: &str = "http://127.0.0.1:9999";
 
 /// What a test may vary about its bottle; the rest is the launcher's plan.
+/// Only the default can be shared (`pool`): anything else gets a fresh bottle.
 #[derive(Clone, Debug, Default)]
 pub struct ChainOptions {
     /// The Claude Code agent image instead of the probe image.
@@ -44,13 +47,33 @@ pub struct ChainOptions {
     pub addon_dir: Option<PathBuf>,
 }
 
+impl ChainOptions {
+    /// Whether these are the defaults, the only options a pooled bottle has.
+    pub fn is_default(&self) -> bool {
+        !self.claude
+            && self.agent_env.is_empty()
+            && self.credentials.is_empty()
+            && self.addon_dir.is_none()
+    }
+}
+
 pub struct Chain {
     docker: Docker,
     pub plan: BottlePlan,
     pub images: TestImages,
     pub upstream_ip: String,
     pub mitm_egress_ip: String,
-    upstream: ContainerAsync<GenericImage>,
+    /// Container ids by role key ("scanner", "mitm", "agent") and "upstream".
+    ids: HashMap<&'static str, String>,
+    /// Decision-log lines written before this chain's current user took it (`reset`).
+    decisions_before: usize,
+    /// What this process made and removes; `None` for an attached chain.
+    owned: Option<Owned>,
+}
+
+/// The containers, networks and staged files of a chain this process brought up.
+struct Owned {
+    _upstream: ContainerAsync<GenericImage>,
     containers: HashMap<&'static str, ContainerAsync<GenericImage>>,
     // Dropped last: removing a network also removes whatever is still on it.
     _networks: Vec<InternalNetwork>,
@@ -70,52 +93,82 @@ fn role_key(role: Role) -> &'static str {
     }
 }
 
+fn upstream_name(bottle: &str) -> String {
+    format!("bottle-{bottle}-upstream")
+}
+
+fn internet_name(bottle: &str) -> String {
+    format!("bottle-{bottle}-internet")
+}
+
+/// The launcher's spec of a test bottle: the one description `up` and `attach` both plan from.
+fn spec(
+    name: &str,
+    images: &TestImages,
+    options: &ChainOptions,
+    internet: &str,
+    internet_subnet: &str,
+    root_pem: &str,
+) -> BottleSpec {
+    let mut agent_env = options.agent_env.clone();
+    agent_env
+        .entry("HOME".into())
+        .or_insert("/home/agent".into());
+    BottleSpec {
+        name: name.to_string(),
+        agent: AgentSpec {
+            image: if options.claude {
+                images.agent_claude.clone()
+            } else {
+                images.agent.clone()
+            },
+            command: vec!["sleep".into(), "infinity".into()],
+            env: agent_env,
+        },
+        scanner: ScannerSpec {
+            kind: ScannerKind::Double,
+            image: images.fixtures.clone(),
+            entrypoint: Some(vec!["pipelock-double".into()]),
+        },
+        mitm_image: images.mitmproxy.clone(),
+        addon_dir: options
+            .addon_dir
+            .clone()
+            .unwrap_or_else(|| fixture_bins::workspace_root().join("addon")),
+        egress: EgressSpec {
+            network: Some(internet.to_string()),
+            upstream_trust_pem: Some(root_pem.to_string()),
+            // The test internet is a private network holding only the fixtures.
+            ssrf_allow: vec![internet_subnet.to_string()],
+        },
+        credentials: options.credentials.clone(),
+    }
+}
+
 impl Chain {
     pub async fn up(docker: &Docker, images: &TestImages, options: ChainOptions) -> Result<Chain> {
         cleanup::on_signal(docker);
         let name = run::unique("t");
         let root = TestRoot::generate()?;
-        let internet = InternalNetwork::create(docker, "bottle-internet").await?;
+        let internet = InternalNetwork::create_named(
+            docker,
+            &internet_name(&name),
+            &BTreeMap::from([(plan::BOTTLE_LABEL.to_string(), name.clone())]),
+        )
+        .await?;
         let internet_subnet = network::subnet(docker, &internet.name).await?;
-
-        let mut agent_env = options.agent_env.clone();
-        agent_env
-            .entry("HOME".into())
-            .or_insert("/home/agent".into());
-        let spec = BottleSpec {
-            name: name.clone(),
-            agent: AgentSpec {
-                image: if options.claude {
-                    images.agent_claude.clone()
-                } else {
-                    images.agent.clone()
-                },
-                command: vec!["sleep".into(), "infinity".into()],
-                env: agent_env,
-            },
-            scanner: ScannerSpec {
-                kind: ScannerKind::Double,
-                image: images.fixtures.clone(),
-                entrypoint: Some(vec!["pipelock-double".into()]),
-            },
-            mitm_image: images.mitmproxy.clone(),
-            addon_dir: options
-                .addon_dir
-                .clone()
-                .unwrap_or_else(|| fixture_bins::workspace_root().join("addon")),
-            egress: EgressSpec {
-                network: Some(internet.name.clone()),
-                upstream_trust_pem: Some(root.cert_pem.clone()),
-                // The test internet is a private network holding only the fixtures.
-                ssrf_allow: vec![internet_subnet],
-            },
-            credentials: options.credentials.clone(),
-        };
-        let plan = plan::plan(&spec)?;
+        let plan = plan::plan(&spec(
+            &name,
+            images,
+            &options,
+            &internet.name,
+            &internet_subnet,
+            &root.cert_pem,
+        ))?;
 
         // Independent steps run together: a chain per test is the unit of isolation, so its
         // bring-up time is the suite's time.
-        let upstream_name = format!("bottle-{name}-upstream");
+        let upstream_name = upstream_name(&name);
         let (upstream, plan_networks) = tokio::try_join!(
             start_upstream(docker, images, &internet.name, &upstream_name, &root),
             async {
@@ -137,8 +190,10 @@ impl Chain {
         )
         .await?;
         let mut containers = HashMap::new();
+        let mut ids = HashMap::from([("upstream", upstream.id().to_string())]);
         let mut staged = Vec::new();
         for (container_plan, (container, dirs)) in plan.containers.iter().zip(started) {
+            ids.insert(role_key(container_plan.role), container.id().to_string());
             containers.insert(role_key(container_plan.role), container);
             staged.extend(dirs);
         }
@@ -148,10 +203,14 @@ impl Chain {
             images: images.clone(),
             upstream_ip,
             mitm_egress_ip: String::new(),
-            upstream,
-            containers,
-            _networks: networks,
-            _staged: staged,
+            ids,
+            decisions_before: 0,
+            owned: Some(Owned {
+                _upstream: upstream,
+                containers,
+                _networks: networks,
+                _staged: staged,
+            }),
         };
         chain.mitm_egress_ip = network::ip(
             docker,
@@ -203,16 +262,93 @@ impl Chain {
         Ok(())
     }
 
+    /// A bottle another process brought up with the default options and still owns (a pool
+    /// bottle): found by its name, described by the same plan, never torn down from here.
+    /// Call [`Chain::reset`] before using it.
+    pub async fn attach(docker: &Docker, images: &TestImages, name: &str) -> Result<Chain> {
+        let upstream_name = upstream_name(name);
+        let internet = internet_name(name);
+        let (subnet, root_pem, upstream_ip) = tokio::try_join!(
+            network::subnet(docker, &internet),
+            exec_ok(
+                docker,
+                &upstream_name,
+                None,
+                &["cat", "/etc/bottle-upstream/root.pem"]
+            ),
+            network::ip(docker, &internet, &upstream_name),
+        )?;
+        let options = ChainOptions::default();
+        let mut plan = plan::plan(&spec(name, images, &options, &internet, &subnet, &root_pem))?;
+        let mut ids = HashMap::from([("upstream", upstream_name.clone())]);
+        for container in &plan.containers {
+            ids.insert(role_key(container.role), container.name.clone());
+        }
+        let mitm = plan.container(Role::Mitm).name.clone();
+        let cat_cert = ["cat", plan.ca.mitm_cert.as_str()];
+        let (mitm_egress_ip, mitm_cert) = tokio::try_join!(
+            network::ip(docker, &plan.network(NetworkRole::Egress).name, &mitm),
+            exec_ok(docker, &mitm, None, &cat_cert),
+        )
+        .with_context(|| format!("attaching bottle {name}"))?;
+        plan.egress.mitm.ca_fingerprint = Some(fingerprint(&mitm_cert)?);
+        Ok(Chain {
+            docker: docker.clone(),
+            plan,
+            images: images.clone(),
+            upstream_ip,
+            mitm_egress_ip,
+            ids,
+            decisions_before: 0,
+            owned: None,
+        })
+    }
+
+    /// Makes what a case can observe as a fresh bottle's: no agent process left from the last
+    /// user (a probe that outlived its timeout could still send), no upstream records, no
+    /// upstream routes, and only decision records written from now on.
+    pub async fn reset(&mut self) -> Result<()> {
+        // As the agent user, `kill -1` reaches every process of it but the container's init.
+        exec(
+            &self.docker,
+            self.id(Role::Agent),
+            Some(crate::probe::AGENT_USER),
+            &["sh", "-c", "kill -KILL -1 2>/dev/null; true"],
+        )
+        .await?;
+        let clear = async {
+            self.put_routes(&serde_json::json!({ "routes": [] }))
+                .await?;
+            exec_ok(
+                &self.docker,
+                self.upstream_id(),
+                None,
+                &[
+                    "curl",
+                    "-sS",
+                    "-f",
+                    "-X",
+                    "DELETE",
+                    &format!("{UPSTREAM_CONTROL}/records"),
+                ],
+            )
+            .await
+        };
+        let (_, before) = tokio::try_join!(clear, self.all_decisions())?;
+        self.decisions_before = before.len();
+        Ok(())
+    }
+
     pub fn docker(&self) -> &Docker {
         &self.docker
     }
 
     pub fn id(&self, role: Role) -> &str {
-        self.containers[role_key(role)].id()
+        &self.ids[role_key(role)]
     }
 
     pub fn upstream_id(&self) -> &str {
-        self.upstream.id()
+        &self.ids["upstream"]
     }
 
     pub fn scanner_is_double(&self) -> bool {
@@ -223,7 +359,7 @@ impl Chain {
     pub async fn upstream_records(&self) -> Result<Vec<Value>> {
         let out = exec_ok(
             &self.docker,
-            self.upstream.id(),
+            self.upstream_id(),
             None,
             &["curl", "-sS", &format!("{UPSTREAM_CONTROL}/records")],
         )
@@ -235,7 +371,7 @@ impl Chain {
     pub async fn put_routes(&self, routes: &Value) -> Result<()> {
         exec_ok(
             &self.docker,
-            self.upstream.id(),
+            self.upstream_id(),
             None,
             &[
                 "curl",
@@ -252,8 +388,13 @@ impl Chain {
         Ok(())
     }
 
-    /// mitmproxy's decision records so far.
+    /// mitmproxy's decision records so far (since the last [`Chain::reset`]).
     pub async fn decisions(&self) -> Result<Vec<Value>> {
+        let mut all = self.all_decisions().await?;
+        Ok(all.split_off(self.decisions_before.min(all.len())))
+    }
+
+    async fn all_decisions(&self) -> Result<Vec<Value>> {
         let out = exec(
             &self.docker,
             self.id(Role::Mitm),
@@ -266,19 +407,17 @@ impl Chain {
 
     /// The scanner's JSON events so far (its stdout).
     pub async fn scanner_events(&self) -> Result<Vec<Value>> {
-        let logs = self.containers["scanner"].stdout_to_vec().await?;
+        let (logs, _) = container_logs(&self.docker, self.id(Role::Scanner)).await?;
         json_lines(&String::from_utf8_lossy(&logs))
     }
 
     /// stdout and stderr of every container, for a failure message.
     pub async fn logs(&self) -> String {
         let mut all = String::new();
-        let mut parts: Vec<(&str, &ContainerAsync<GenericImage>)> =
-            vec![("upstream", &self.upstream)];
-        parts.extend(self.containers.iter().map(|(k, v)| (*k, v)));
-        for (role, container) in parts {
-            let out = container.stdout_to_vec().await.unwrap_or_default();
-            let err = container.stderr_to_vec().await.unwrap_or_default();
+        let mut parts: Vec<(&str, &str)> = self.ids.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        parts.sort();
+        for (role, id) in parts {
+            let (out, err) = container_logs(&self.docker, id).await.unwrap_or_default();
             all.push_str(&format!(
                 "----- {role} stdout\n{}\n----- {role} stderr\n{}\n",
                 String::from_utf8_lossy(&out),
@@ -288,11 +427,15 @@ impl Chain {
         all
     }
 
-    /// Removes every container and network of this chain, and checks nothing is left.
+    /// Removes every container and network of this chain; an attached chain is only let go
+    /// (its owner removes it).
     pub async fn down(mut self) -> Result<()> {
-        futures_util::future::try_join_all(self.containers.drain().map(|(_, c)| c.rm())).await?;
-        // The upstream and networks go with Drop (networks remove what is still on them).
-        drop(self);
+        if let Some(mut owned) = self.owned.take() {
+            futures_util::future::try_join_all(owned.containers.drain().map(|(_, c)| c.rm()))
+                .await?;
+            // The upstream and networks go with Drop (networks remove what is still on them).
+            drop(owned);
+        }
         Ok(())
     }
 }
@@ -440,6 +583,28 @@ async fn start(
         .await?;
     }
     Ok((container, staged_dirs))
+}
+
+/// A container's stdout and stderr so far.
+async fn container_logs(docker: &Docker, id: &str) -> Result<(Vec<u8>, Vec<u8>)> {
+    use bollard::container::LogOutput;
+    use futures_util::StreamExt;
+    let options = bollard::query_parameters::LogsOptionsBuilder::new()
+        .stdout(true)
+        .stderr(true)
+        .build();
+    let mut stream = docker.logs(id, Some(options));
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    while let Some(chunk) = stream.next().await {
+        match chunk.with_context(|| format!("logs of {id}"))? {
+            LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                out.extend_from_slice(&message)
+            }
+            LogOutput::StdErr { message } => err.extend_from_slice(&message),
+            LogOutput::StdIn { .. } => {}
+        }
+    }
+    Ok((out, err))
 }
 
 fn json_lines(text: &str) -> Result<Vec<Value>> {

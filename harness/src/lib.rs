@@ -11,6 +11,7 @@ pub mod exec;
 pub mod fixture_bins;
 pub mod images;
 pub mod network;
+pub mod pool;
 pub mod probe;
 pub mod report;
 pub mod run;

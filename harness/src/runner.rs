@@ -1,4 +1,5 @@
-//! Runs one scenario case against a fresh bottle and says which expectations it did not meet.
+//! Runs one scenario case against a bottle (leased from the pool, or a fresh one) and says
+//! which expectations it did not meet.
 //! The conformance test binary (`tests/scenarios.rs`) and the harness's own negative control
 //! share it.
 
@@ -9,6 +10,7 @@ use bottle::plan::{NetworkRole, Role};
 use serde_json::{Value, json};
 
 use crate::chain::{Chain, ChainOptions};
+use crate::pool::Pool;
 use crate::probe::{self, ProbeRequest, ProbeResult};
 use crate::scenario::{self, Case, Scenario};
 use crate::{images, network};
@@ -24,8 +26,27 @@ pub async fn execute(
     let docker = bottle::docker::connect().await?;
     let images = images::ensure(&docker).await?;
     let t0 = Instant::now();
-    let chain = Chain::up(&docker, &images, options).await?;
-    eprintln!("[bottle] chain up in {:.1}s", t0.elapsed().as_secs_f64());
+    // A pooled bottle when there is a pool and the case needs nothing but the defaults; the
+    // lease is held until the chain is let go.
+    let pool = Pool::from_env().filter(|_| options.is_default());
+    let (chain, lease) = match pool {
+        Some(pool) => {
+            let lease = pool.lease().await?;
+            let mut chain = Chain::attach(&docker, &images, &lease.name).await?;
+            chain.reset().await?;
+            eprintln!(
+                "[bottle] pool bottle {} leased and reset in {:.1}s",
+                lease.name,
+                t0.elapsed().as_secs_f64()
+            );
+            (chain, Some(lease))
+        }
+        None => {
+            let chain = Chain::up(&docker, &images, options).await?;
+            eprintln!("[bottle] chain up in {:.1}s", t0.elapsed().as_secs_f64());
+            (chain, None)
+        }
+    };
     let outcome = exercise(case, &chain).await;
     eprintln!("[bottle] exercised at {:.1}s", t0.elapsed().as_secs_f64());
     let info = Some((
@@ -49,6 +70,7 @@ pub async fn execute(
         eprintln!("{}", chain.logs().await);
     }
     chain.down().await?;
+    drop(lease);
     eprintln!("[bottle] down at {:.1}s", t0.elapsed().as_secs_f64());
     let (failures, evidence) = outcome?;
     Ok((failures, evidence, info))

@@ -117,3 +117,26 @@ async fn ctrl_c_removes_everything() -> Result<()> {
 async fn sigterm_removes_everything() -> Result<()> {
     interrupted_by(libc::SIGTERM).await
 }
+
+#[tokio::test]
+async fn a_panicking_test_leaves_nothing() -> Result<()> {
+    let docker = bottle::docker::connect().await?;
+    let images = images::ensure(&docker).await?;
+    let task = tokio::spawn(async move {
+        let docker = bottle::docker::connect().await.expect("docker");
+        let _chain = Chain::up(&docker, &images, ChainOptions::default())
+            .await
+            .expect("chain up");
+        panic!("a test failing with its bottle up");
+    });
+    ensure!(
+        task.await.is_err_and(|e| e.is_panic()),
+        "the task did not panic"
+    );
+    let left = left_by(&docker, std::process::id()).await?;
+    ensure!(
+        left == 0,
+        "{left} containers or networks left after a panic"
+    );
+    Ok(())
+}

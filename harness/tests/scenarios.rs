@@ -1,6 +1,7 @@
 //! The conformance runner: every scenario in `scenarios/*.toml` × client × protocol is one
-//! named test (`cargo nextest run BLOCK-001`). Each brings a bottle up from the launcher's plan,
-//! runs the scenario's request from a client inside the agent, checks what the client, the
+//! named test (`cargo nextest run BLOCK-001`). Each leases a bottle from the run's pool (started
+//! by the `pool` setup script; without one it brings its own up from the launcher's plan), resets
+//! it, runs the scenario's request from a client inside the agent, checks what the client, the
 //! upstream, mitmproxy's decision record and the scanner's event say, and writes its result to
 //! the report (target/bottle-report/). Cases that cannot run here are ignored in the test list
 //! and reported UNIMPLEMENTED or NOT-APPLICABLE with their reason by the setup script.

@@ -2,15 +2,33 @@
 //! before the container tests, so the first build is visible and not raced by parallel tests.
 //! It also starts this run's report: it clears the last one and records the scenario cases that
 //! will not run (UNIMPLEMENTED, NOT-APPLICABLE) with their reasons, so none is skipped silently.
+//!
+//! `bottle-test-images --pool` is the second setup script, for the scenario cases: it starts the
+//! run's pool of bottles (`bottle_harness::pool`) in a detached keeper,
+//! `bottle-test-images --keep-pool NEXTEST_PID SIZE`, and hands it to the tests.
 
 use std::io::Write;
 
 use anyhow::{Context, Result};
-use bottle_harness::fixture_bins;
+use bottle_harness::{fixture_bins, pool};
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let docker = bottle::docker::connect().await?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["--keep-pool", watched, size] => {
+            let images = bottle_harness::images::ensure(&docker).await?;
+            return pool::keep(&docker, &images, size.parse()?, watched.parse()?).await;
+        }
+        ["--pool"] => return pool_script(),
+        _ => {}
+    }
     let started = std::time::Instant::now();
     let step = bottle::progress::Step::start("building the fixture binaries (cargo)");
     let binaries = fixture_bins::build()?;
@@ -32,6 +50,77 @@ async fn main() -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     start_report(&images)
+}
+
+/// The `pool` setup script (after this one, for the scenario cases only): starts the run's pool
+/// and hands its directory to the tests.
+fn pool_script() -> Result<()> {
+    let Some(path) = std::env::var_os("NEXTEST_ENV") else {
+        anyhow::bail!("--pool is nextest's setup script: NEXTEST_ENV is not set");
+    };
+    if std::env::var_os(pool::DISABLE_ENV).is_some() {
+        eprintln!(
+            "[bottle] {} is set: a fresh bottle per case",
+            pool::DISABLE_ENV
+        );
+        return Ok(());
+    }
+    let step = bottle::progress::Step::start("starting the pool of bottles");
+    let dir = start_pool()?;
+    step.done();
+    let mut file = std::fs::OpenOptions::new().append(true).open(path)?;
+    writeln!(file, "{}={}", pool::ENV, dir.display())?;
+    Ok(())
+}
+
+/// Starts the keeper, detached (its own session, no terminal, no nextest pipe), watching this
+/// script's parent, nextest; returns the pool's directory once its bottles are up.
+fn start_pool() -> Result<std::path::PathBuf> {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let size = pool::size_from_nextest_config();
+    // The keeper's own output, for when it fails; overwritten by the next run.
+    let log = fixture_bins::workspace_root().join("target/bottle-pool-keeper.log");
+    // The path, not /proc/self/exe: the cargo build above may have replaced this binary.
+    let exe = std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.is_absolute() && p.exists())
+        .map_or_else(std::env::current_exe, Ok)?;
+    let mut keeper = Command::new(exe);
+    keeper
+        .args([
+            "--keep-pool",
+            &std::os::unix::process::parent_id().to_string(),
+            &size.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log)?);
+    // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        keeper.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = keeper.spawn().context("starting the pool keeper")?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .context("reading the pool keeper")?;
+    match line.trim().strip_prefix("ready ") {
+        Some(dir) => Ok(dir.into()),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!(
+                "the pool keeper did not come up: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        }
+    }
 }
 
 /// The harness runs the pipelock double (pipelock cannot be pulled here).

@@ -1,0 +1,186 @@
+//! Bottles shared by the scenario cases of one nextest run.
+//!
+//! nextest runs every case in its own process, and a bottle takes seconds to bring up, so the
+//! setup script (`bottle-test-images`) starts a few bottles once, in a detached process of their
+//! own, the *keeper* (`bottle-test-images --keep-pool`). The keeper's pid is on everything
+//! it made (`run::OWNER_LABEL`), so `cleanup::sweep` leaves the pool alone while the keeper runs;
+//! the keeper removes it all when the nextest process exits (Ctrl-C included) or on
+//! SIGINT/SIGTERM/SIGHUP.
+//!
+//! The tests find the pool through [`ENV`]: a directory holding one lock file per bottle, named
+//! after it. A case leases a bottle by locking its file (`flock`, released by the kernel when
+//! the process ends however it ends), resets it (`Chain::reset`) and lets it go when done.
+//! Without [`ENV`] (the test binary run directly, `cargo test`) every case brings up its own.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bollard::Docker;
+
+use crate::chain::{Chain, ChainOptions};
+use crate::images::TestImages;
+use crate::{cleanup, fixture_bins};
+
+/// Set by the setup script for the tests: the pool's directory.
+pub const ENV: &str = "BOTTLE_POOL";
+/// Set to anything to run without a pool (a fresh bottle per case).
+pub const DISABLE_ENV: &str = "BOTTLE_NO_POOL";
+
+const LOCK_SUFFIX: &str = ".lock";
+
+/// The pool this process was handed, if any.
+pub struct Pool {
+    dir: PathBuf,
+}
+
+/// One bottle of the pool, held exclusively until dropped.
+pub struct Lease {
+    pub name: String,
+    _lock: File,
+}
+
+impl Pool {
+    pub fn from_env() -> Option<Pool> {
+        let dir = PathBuf::from(std::env::var_os(ENV)?);
+        dir.is_dir().then_some(Pool { dir })
+    }
+
+    /// Blocks until one of the pool's bottles is free, and takes it.
+    pub async fn lease(&self) -> Result<Lease> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)
+            .with_context(|| format!("reading the pool {}", self.dir.display()))?
+        {
+            let file_name = entry?.file_name().to_string_lossy().into_owned();
+            if let Some(name) = file_name.strip_suffix(LOCK_SUFFIX) {
+                names.push(name.to_string());
+            }
+        }
+        if names.is_empty() {
+            bail!("the pool {} has no bottles", self.dir.display());
+        }
+        // Start at a different bottle in each process, so free ones are found at once.
+        let start = std::process::id() as usize % names.len();
+        names.rotate_left(start);
+        loop {
+            for name in &names {
+                let file = File::open(self.dir.join(format!("{name}{LOCK_SUFFIX}")))
+                    .with_context(|| format!("the pool lost bottle {name}"))?;
+                // SAFETY: flock on a descriptor this function owns.
+                let locked =
+                    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+                if locked {
+                    return Ok(Lease {
+                        name: name.clone(),
+                        _lock: file,
+                    });
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The pool's size: the `containers` test group's max-threads in .config/nextest.toml (one
+/// bottle per case that can run at once), 2 if it cannot be read.
+pub fn size_from_nextest_config() -> usize {
+    let path = fixture_bins::workspace_root().join(".config/nextest.toml");
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|config| {
+            config
+                .get("test-groups")?
+                .get("containers")?
+                .get("max-threads")?
+                .as_integer()
+        })
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(2)
+}
+
+/// The keeper: brings `size` bottles up, says `ready` on stdout, keeps them until `watched`
+/// (the nextest process) exits or a signal arrives, then removes everything it made.
+pub async fn keep(docker: &Docker, images: &TestImages, size: usize, watched: u32) -> Result<()> {
+    let me = std::process::id();
+    // What an earlier keeper or test killed with SIGKILL left behind.
+    let _ = cleanup::sweep(docker, None).await;
+    let dir = std::env::temp_dir().join(format!("bottle-pool-{me}"));
+    let outcome = async {
+        tokio::select! {
+            up = bring_up(docker, images, size, &dir) => up.map(Some),
+            _ = stop(watched) => Ok(None),
+        }
+    }
+    .await;
+    let kept = match outcome {
+        Ok(Some(chains)) => {
+            let mut stdout = std::io::stdout();
+            writeln!(stdout, "ready {}", dir.display())?;
+            stdout.flush()?;
+            // The setup script reads one line and goes: nothing else is written to stdout.
+            eprintln!("[bottle] pool of {size} ready in {}", dir.display());
+            stop(watched).await;
+            chains
+        }
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            eprintln!("[bottle] pool failed: {e:#}");
+            Vec::new()
+        }
+    };
+    eprintln!("[bottle] pool: removing its bottles");
+    for chain in kept {
+        let _ = chain.down().await;
+    }
+    let left = cleanup::sweep(docker, Some(me)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!("[bottle] pool removed ({left:?} left over swept)");
+    Ok(())
+}
+
+async fn bring_up(
+    docker: &Docker,
+    images: &TestImages,
+    size: usize,
+    dir: &Path,
+) -> Result<Vec<Chain>> {
+    let chains = futures_util::future::try_join_all(
+        (0..size).map(|_| Chain::up(docker, images, ChainOptions::default())),
+    )
+    .await?;
+    std::fs::create_dir_all(dir)?;
+    for chain in &chains {
+        File::create(dir.join(format!("{}{LOCK_SUFFIX}", chain.plan.name)))?;
+    }
+    Ok(chains)
+}
+
+/// Returns when `watched` has exited or this process is asked to stop.
+async fn stop(watched: u32) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate), Ok(mut hangup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        return;
+    };
+    let gone = async {
+        let proc = PathBuf::from(format!("/proc/{watched}"));
+        while proc.exists() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::select! {
+        _ = gone => {}
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+        _ = hangup.recv() => {}
+    }
+}
