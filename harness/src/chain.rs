@@ -319,20 +319,7 @@ impl Chain {
         let clear = async {
             self.put_routes(&serde_json::json!({ "routes": [] }))
                 .await?;
-            exec_ok(
-                &self.docker,
-                self.upstream_id(),
-                None,
-                &[
-                    "curl",
-                    "-sS",
-                    "-f",
-                    "-X",
-                    "DELETE",
-                    &format!("{UPSTREAM_CONTROL}/records"),
-                ],
-            )
-            .await
+            self.upstream_control("DELETE", "/records", None).await
         };
         let (_, before) = tokio::try_join!(clear, self.all_decisions())?;
         self.decisions_before = before.len();
@@ -357,35 +344,31 @@ impl Chain {
 
     /// Every request and TLS error the upstream recorded, on every port.
     pub async fn upstream_records(&self) -> Result<Vec<Value>> {
-        let out = exec_ok(
-            &self.docker,
-            self.upstream_id(),
-            None,
-            &["curl", "-sS", &format!("{UPSTREAM_CONTROL}/records")],
-        )
-        .await?;
+        let out = self.upstream_control("GET", "/records", None).await?;
         serde_json::from_str(&out).with_context(|| format!("upstream records: {out}"))
     }
 
     /// Serves these routes (the upstream's `PUT /routes` JSON) from now on.
     pub async fn put_routes(&self, routes: &Value) -> Result<()> {
-        exec_ok(
-            &self.docker,
-            self.upstream_id(),
-            None,
-            &[
-                "curl",
-                "-sS",
-                "-f",
-                "-X",
-                "PUT",
-                "--data-binary",
-                &routes.to_string(),
-                &format!("{UPSTREAM_CONTROL}/routes"),
-            ],
-        )
-        .await?;
-        Ok(())
+        self.upstream_control("PUT", "/routes", Some(&routes.to_string()))
+            .await
+            .map(drop)
+    }
+
+    /// A request to the upstream fixture's control API, made inside its container.
+    async fn upstream_control(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<String> {
+        let url = format!("{UPSTREAM_CONTROL}{path}");
+        let mut cmd = vec!["curl", "-sS", "-f", "-X", method];
+        if let Some(body) = body {
+            cmd.extend(["--data-binary", body]);
+        }
+        cmd.push(&url);
+        exec_ok(&self.docker, self.upstream_id(), None, &cmd).await
     }
 
     /// mitmproxy's decision records so far (since the last [`Chain::reset`]).

@@ -176,21 +176,6 @@ async fn addon_python_suite_passes() -> Result<()> {
     Ok(())
 }
 
-const DOUBLE_CONFIG: &str = "version: 1
-mode: balanced
-forward_proxy:
-  enabled: true
-request_body_scanning:
-  enabled: true
-  action: block
-logging:
-  format: json
-  output: stdout
-sentry:
-  enabled: false
-internal: []
-";
-
 /// A resolver that answers nothing, at once (Docker's embedded DNS on an internal network
 /// otherwise takes 10 s per unknown name).
 const DEAD_RESOLV_CONF: &str = "nameserver 127.0.0.1\noptions attempts:1 timeout:1\n";
@@ -273,7 +258,7 @@ impl Chain {
                 )
                 .with_copy_to(
                     "/etc/pipelock/pipelock.yaml",
-                    DOUBLE_CONFIG.as_bytes().to_vec(),
+                    bottle::plan::pipelock_config().into_bytes(),
                 ),
             &scan_net.name,
             "double",
