@@ -40,16 +40,22 @@ pub enum Client {
     Curl,
     Node,
     Python,
+    /// The real Claude Code (`claude -p`), in the Claude agent image.
+    Claude,
 }
 
 impl Client {
+    /// The HTTP clients: what a scenario runs when it names none.
     pub const ALL: [Client; 3] = [Client::Curl, Client::Node, Client::Python];
+    /// Every client, Claude Code included (scenarios name it explicitly).
+    pub const EVERY: [Client; 4] = [Client::Curl, Client::Node, Client::Python, Client::Claude];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Client::Curl => "curl",
             Client::Node => "node",
             Client::Python => "python",
+            Client::Claude => "claude",
         }
     }
 
@@ -58,6 +64,9 @@ impl Client {
         match (self, protocol) {
             (Client::Python, Protocol::H2) => {
                 Some("the python client (standard library) speaks HTTP/1.1 only")
+            }
+            (Client::Claude, Protocol::H2) => {
+                Some("Claude Code picks its own protocol; its cases run once, listed as h1")
             }
             _ => None,
         }
@@ -348,6 +357,7 @@ fn command(client: Client, spec: &str, env: &[(String, Option<String>)]) -> Vec<
         Client::Curl => cmd.extend(["python3".into(), format!("{PROBE_DIR}/probe-curl.py")]),
         Client::Node => cmd.extend(["node".into(), format!("{PROBE_DIR}/probe.js")]),
         Client::Python => cmd.extend(["python3".into(), format!("{PROBE_DIR}/probe.py")]),
+        Client::Claude => cmd.extend(["python3".into(), format!("{PROBE_DIR}/probe-claude.py")]),
     }
     cmd.push(spec.to_string());
     cmd

@@ -303,9 +303,17 @@ impl Index {
             let _ = writeln!(out, "**Warning:** {}\n", cell(w));
         }
 
-        let columns: Vec<(Client, Protocol)> = Client::ALL
+        // The HTTP clients always; Claude Code only when it ran.
+        let columns: Vec<(Client, Protocol)> = Client::EVERY
             .into_iter()
             .flat_map(|c| Protocol::ALL.into_iter().map(move |p| (c, p)))
+            .filter(|(c, p)| {
+                Client::ALL.contains(c)
+                    || self
+                        .results
+                        .iter()
+                        .any(|r| r.client == *c && r.protocol == *p)
+            })
             .collect();
         let _ = writeln!(out, "## Matrix\n");
         let mut header = String::from("| scenario | property | title |");

@@ -15,6 +15,26 @@ use crate::probe::{self, ProbeRequest, ProbeResult};
 use crate::scenario::{self, Case, Scenario};
 use crate::{images, network};
 
+/// The bottle a case needs: the defaults (a pooled bottle), or what its scenario asks for (the
+/// Claude Code image for the `claude` client, an agent environment, credential bindings).
+pub fn options_for(case: &Case) -> ChainOptions {
+    let bottle = case.scenario.bottle.clone().unwrap_or_default();
+    ChainOptions {
+        claude: case.client == scenario::Client::Claude,
+        agent_env: bottle.agent_env,
+        credentials: bottle
+            .credentials
+            .into_iter()
+            .map(|c| bottle::plan::CredentialBinding {
+                host: c.host,
+                header: c.header,
+                env: c.env,
+            })
+            .collect(),
+        addon_dir: None,
+    }
+}
+
 /// The images by role, and the scanner that ran.
 pub type ChainInfo = Option<(std::collections::BTreeMap<String, String>, String)>;
 
@@ -54,7 +74,15 @@ pub async fn execute(
             .plan
             .containers
             .iter()
-            .map(|c| (format!("{:?}", c.role).to_lowercase(), c.image.clone()))
+            .map(|c| {
+                // The Claude Code agent image is a role of its own in the report, not a mix.
+                let role = if c.image == images.agent_claude {
+                    "agent-claude".to_string()
+                } else {
+                    format!("{:?}", c.role).to_lowercase()
+                };
+                (role, c.image.clone())
+            })
             .chain([("upstream".to_string(), images.fixtures.clone())])
             .collect(),
         if chain.scanner_is_double() {
@@ -101,7 +129,12 @@ async fn exercise(case: &Case, chain: &Chain) -> Result<(Vec<String>, Value)> {
         .collect();
     probe_request.body = request.body_bytes()?;
     probe_request.no_proxy = request.no_proxy;
-    probe_request.timeout = Duration::from_millis(request.timeout_ms.unwrap_or(15_000));
+    let default_timeout = if case.client == scenario::Client::Claude {
+        90_000
+    } else {
+        15_000
+    };
+    probe_request.timeout = Duration::from_millis(request.timeout_ms.unwrap_or(default_timeout));
     let result = probe::run(
         chain.docker(),
         chain.id(Role::Agent),
@@ -180,6 +213,13 @@ pub fn check(
     }
     if e.error && (result.status.is_some() || result.error.is_none()) {
         fail(format!("expected the client to fail, got {}", answer()));
+    }
+    if let Some(error) = result.error.as_deref().filter(|e| e.starts_with("probe:")) {
+        // The probe itself broke: no client outcome, so no expectation can count as met.
+        fail(format!("the probe did not run: {error}"));
+    }
+    if !e.error && e.status.is_none() && result.error.is_some() {
+        fail(format!("the client failed: {}", answer()));
     }
     for needle in &e.body_contains {
         if !body.contains(needle.as_str()) {

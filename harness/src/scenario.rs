@@ -211,11 +211,33 @@ pub struct Scenario {
     pub request: Option<Request>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<Upstream>,
+    /// What the scenario's bottle needs beyond the defaults (it then gets a bottle of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bottle: Option<BottleOptions>,
     #[serde(default)]
     pub expect: Expect,
     /// The file the scenario came from (set by [`load_dir`] / [`parse_file`]).
     #[serde(skip)]
     pub source: PathBuf,
+}
+
+/// `[scenario.bottle]`: the agent's environment and its credential bindings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BottleOptions {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub agent_env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<CredentialOption>,
+}
+
+/// One credential binding (addon/README.md): the secret in `env` may go in `header` to `host`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialOption {
+    pub host: String,
+    pub header: String,
+    pub env: String,
 }
 
 impl Scenario {
@@ -659,11 +681,18 @@ fn validate(s: &Scenario) -> Vec<String> {
              status; keep one"
                 .into(),
         ),
-        (None, false) if s.request.is_some() && s.unimplemented.is_none() => problems.push(
-            "expect says nothing about the client's outcome: set expect.status or expect.error = \
-             true"
-                .into(),
-        ),
+        // Claude Code has no status to expect: what it prints (body_contains) is its outcome.
+        (None, false)
+            if s.request.is_some()
+                && s.unimplemented.is_none()
+                && (s.clients != [Client::Claude] || e.body_contains.is_empty()) =>
+        {
+            problems.push(
+                "expect says nothing about the client's outcome: set expect.status or \
+                 expect.error = true"
+                    .into(),
+            )
+        }
         (Some(status), false) if !(100..=599).contains(&status) => {
             problems.push(format!("expect.status {status} is not an HTTP status"))
         }
@@ -814,7 +843,7 @@ pub fn expand(scenarios: &[Scenario]) -> Vec<Case> {
     let mut cases = Vec::new();
     for s in scenarios {
         let scenario = Arc::new(s.clone());
-        for client in Client::ALL.into_iter().filter(|c| s.clients.contains(c)) {
+        for client in Client::EVERY.into_iter().filter(|c| s.clients.contains(c)) {
             for protocol in Protocol::ALL
                 .into_iter()
                 .filter(|p| s.protocols.contains(p))

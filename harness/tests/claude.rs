@@ -1,8 +1,7 @@
-//! CLAUDE: the real Claude Code, inside a bottle, completes a chat round-trip with the Messages
-//! API at api.anthropic.com (the upstream fixture) — no TLS-trust error, its own API key in
-//! `x-api-key` reaching its own API through the credential binding — while the same key sent to
-//! another host, or in a body, is blocked. Without the binding, the scanner's header DLP blocks
-//! Claude Code's own key (the control that shows the binding is what lets it through).
+//! The CLAUDE scenarios (scenarios/claude.toml) in more depth than the scenario format says: the
+//! real Claude Code's round-trip through a bottle puts its own key, unchanged, in `x-api-key` at
+//! its own API, the decision record names the binding that let it pass, and the same key in
+//! another host's header or in a body is then blocked with nothing reaching an upstream.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -143,36 +142,6 @@ async fn claude_code_completes_a_round_trip_with_its_own_key_bound_to_its_api() 
         ensure!(
             after.len() == records.len(),
             "a misused key reached an upstream: {after:?}"
-        );
-        Ok(())
-    })
-    .await
-}
-
-#[tokio::test]
-async fn without_the_binding_the_scanner_blocks_claude_codes_own_key() -> Result<()> {
-    with_claude_chain(false, async |chain| {
-        let (code, output) = ask_claude(chain).await?;
-        ensure!(
-            !output.contains(FIXTURE_REPLY),
-            "claude got an answer: {output}"
-        );
-        ensure!(
-            code != 0 || output.contains("403"),
-            "claude -p exited {code}: {output}"
-        );
-        let decisions = chain.decisions().await?;
-        ensure!(
-            decisions.iter().any(|d| d["verdict"] == "block"
-                && d["reason"]
-                    .as_str()
-                    .is_some_and(|r| r.contains("header contains secret"))),
-            "no header-DLP block among {decisions:?}"
-        );
-        let records = chain.upstream_records().await?;
-        ensure!(
-            !records.iter().any(|r| r.to_string().contains(API_KEY)),
-            "the key reached an upstream: {records:?}"
         );
         Ok(())
     })

@@ -37,7 +37,7 @@ async fn fails_against_the_broken_addon(id: &str, expected: &str) -> Result<()> 
     let broken = broken_addon()?;
     let options = ChainOptions {
         addon_dir: Some(broken.path().to_path_buf()),
-        ..Default::default()
+        ..runner::options_for(&case)
     };
     let (failures, _, _) = runner::execute(&case, options).await?;
     eprintln!("{id} against the broken addon: {failures:#?}");

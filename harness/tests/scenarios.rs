@@ -9,7 +9,6 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use bottle_harness::chain::ChainOptions;
 use bottle_harness::report::{self, CaseResult, Outcome};
 use bottle_harness::runner;
 use bottle_harness::scenario::{self, Case};
@@ -46,7 +45,7 @@ fn run(case: Case) -> Result<(), Failed> {
     runtime.block_on(async {
         let started = Instant::now();
         let (outcome, reason, evidence, chain_info) =
-            match runner::execute(&case, ChainOptions::default()).await {
+            match runner::execute(&case, runner::options_for(&case)).await {
                 Ok((failures, evidence, info)) if failures.is_empty() => {
                     (Outcome::Pass, None, evidence, info)
                 }

@@ -125,6 +125,10 @@ const AGENT_PROBES: &[(&str, &[u8])] = &[
         "probes/probe-curl.py",
         recipe_bytes!("agent/probes/probe-curl.py"),
     ),
+    (
+        "probes/probe-claude.py",
+        recipe_bytes!("agent/probes/probe-claude.py"),
+    ),
 ];
 
 pub fn docker_recipe(recipe: Recipe, fixture_binaries: &[PathBuf]) -> Option<DockerRecipe> {
