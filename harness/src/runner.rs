@@ -276,6 +276,49 @@ pub fn check(
                 .collect::<Vec<_>>()
         ));
     }
+    if e.upstream_receives_request {
+        let sent = s
+            .request
+            .as_ref()
+            .and_then(|r| r.body_bytes().ok().flatten())
+            .unwrap_or_default();
+        let url = s
+            .request
+            .as_ref()
+            .map(|r| r.url.as_str())
+            .unwrap_or_default();
+        let path = url
+            .splitn(4, '/')
+            .nth(3)
+            .map(|p| format!("/{p}"))
+            .unwrap_or_default();
+        match requests.as_slice() {
+            [one] => {
+                let method = s
+                    .request
+                    .as_ref()
+                    .map(|r| r.method.as_str())
+                    .unwrap_or("GET");
+                if one["method"] != method || one["path"] != path.as_str() {
+                    fail(format!(
+                        "the upstream got {} {}, not {method} {path}",
+                        one["method"], one["path"]
+                    ));
+                }
+                if record_body(one) != sent {
+                    fail(format!(
+                        "the upstream got a body of {} bytes that differs from the {} sent",
+                        record_body(one).len(),
+                        sent.len()
+                    ));
+                }
+            }
+            other => fail(format!(
+                "expected one upstream receipt to compare, got {}",
+                other.len()
+            )),
+        }
+    }
     if let Some(secret) = &e.secret
         && let Some(record) = records.iter().find(|r| mentions(r, secret))
     {
@@ -402,6 +445,18 @@ fn upstream_route_for(s: &Scenario) -> Option<&scenario::UpstreamRoute> {
         .routes
         .iter()
         .find(|r| path.split('?').next() == Some(r.path.as_str()))
+}
+
+/// The body an upstream record holds (text or base64).
+fn record_body(record: &Value) -> Vec<u8> {
+    use base64::Engine;
+    match (record["body"].as_str(), record["body_base64"].as_str()) {
+        (Some(text), _) => text.as_bytes().to_vec(),
+        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap_or_default(),
+        (None, None) => Vec::new(),
+    }
 }
 
 /// Whether an upstream record carries the secret anywhere: path, headers or body (also base64).

@@ -385,6 +385,9 @@ pub struct Expect {
     /// Body and headers byte for byte as the upstream sent them.
     #[serde(default)]
     pub body_equals_upstream: bool,
+    /// The upstream received the request as the client sent it: method, path and body.
+    #[serde(default)]
+    pub upstream_receives_request: bool,
     /// Subset match, names case-insensitive.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
