@@ -574,6 +574,43 @@ mod tests {
         assert!(!egress.create);
     }
 
+    /// pipelock rejects unknown keys at any level (notes/pipelock.md §5): every key the config
+    /// uses is one of its 56 top-level keys, and the values say what the bottle relies on.
+    #[test]
+    fn the_pipelock_config_uses_only_pipelocks_keys_and_says_what_the_bottle_needs() {
+        const PIPELOCK_TOP_LEVEL_KEYS: &str = "version mode enforce explain_blocks api_allowlist \
+            suppress fetch_proxy forward_proxy websocket_proxy dlp canary_tokens response_scanning \
+            mcp_input_scanning mcp_tool_scanning mcp_tool_policy git_protection logging \
+            session_profiling adaptive_enforcement mcp_session_binding request_body_scanning \
+            kill_switch sentry metrics_listen emit tool_chain_detection mcp_ws_listener \
+            tls_interception cross_request_detection reverse_proxy scan_api address_protection \
+            seed_phrase_detection rules file_sentry sandbox flight_recorder mcp_binary_integrity \
+            mcp_tool_provenance behavioral_baseline airlock browser_shield media_policy \
+            a2a_scanning taint mediation_envelope redaction agents default_agent_identity \
+            bind_default_agent_identity license_key license_file license_public_key internal \
+            trusted_domains ssrf";
+        let known: Vec<&str> = PIPELOCK_TOP_LEVEL_KEYS.split_whitespace().collect();
+        assert_eq!(known.len(), 56);
+        let config: serde_yaml_ng::Value = serde_yaml_ng::from_str(&pipelock_config()).unwrap();
+        let map = config.as_mapping().unwrap();
+        for key in map.keys() {
+            let key = key.as_str().unwrap();
+            assert!(known.contains(&key), "pipelock does not know {key}");
+        }
+        let at = |path: &str| path.split('.').fold(&config, |v, k| &v[k]).clone();
+        assert_eq!(at("forward_proxy.enabled").as_bool(), Some(true));
+        assert_eq!(at("request_body_scanning.action").as_str(), Some("block"));
+        assert_eq!(
+            at("request_body_scanning.scan_headers").as_bool(),
+            Some(true)
+        );
+        assert_eq!(at("sentry.enabled").as_bool(), Some(false));
+        assert_eq!(at("logging.format").as_str(), Some("json"));
+        assert_eq!(at("logging.output").as_str(), Some("stdout"));
+        assert_eq!(at("internal"), serde_yaml_ng::Value::Sequence(vec![]));
+        assert!(at("fetch_proxy.monitoring.max_requests_per_minute").as_u64() >= Some(10_000));
+    }
+
     #[test]
     fn names_are_checked() {
         for bad in ["", "Demo", "-x", "a_b", &"x".repeat(41)] {
