@@ -534,7 +534,7 @@ async fn start(
     }
     if let Some(resolv) = &plan.resolv_conf {
         let staged = tempfile::Builder::new()
-            .prefix("bottle-resolv-")
+            .prefix(&crate::cleanup::temp_prefix("resolv"))
             .tempdir()?;
         let path = staged.path().join("resolv.conf");
         std::fs::write(&path, resolv)?;

@@ -66,7 +66,29 @@ pub async fn sweep(docker: &Docker, only_pid: Option<u32>) -> Result<usize> {
             removed += 1;
         }
     }
+    if only_pid.is_none() {
+        // The files a killed process staged (SIGKILL runs no handler).
+        remove_dead_processes_temp_files();
+    }
     Ok(removed)
+}
+
+fn remove_dead_processes_temp_files() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix("bottle-")
+            .and_then(|rest| rest.split('-').next())
+            .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+        if let Some(pid) = pid
+            && !alive(pid)
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Installs, once per process, a handler that on SIGINT or SIGTERM (Ctrl-C, or nextest stopping
@@ -92,8 +114,33 @@ pub fn on_signal(_docker: &Docker) {
                 if let Ok(docker) = bottle::docker::connect().await {
                     let _ = sweep(&docker, Some(std::process::id())).await;
                 }
+                // exit() runs no destructors: the staged temporary files go here.
+                remove_temp_files(std::process::id());
                 std::process::exit(130);
             });
         });
     });
+}
+
+/// The name prefix of the temporary files and directories this process stages (files copied
+/// into containers, resolver files): `bottle-<pid>-<what>-`, so they can be found by owner.
+pub fn temp_prefix(what: &str) -> String {
+    format!("bottle-{}-{what}-", std::process::id())
+}
+
+/// Removes the temporary files a process staged (see [`temp_prefix`]); returns how many.
+pub fn remove_temp_files(pid: u32) -> usize {
+    let prefix = format!("bottle-{pid}-");
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix)
+            && std::fs::remove_dir_all(entry.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
 }

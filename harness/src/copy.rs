@@ -56,7 +56,9 @@ pub fn with_dir<I: Image>(
     target: &str,
 ) -> Result<(ContainerRequest<I>, tempfile::TempDir)> {
     use std::os::unix::fs::PermissionsExt;
-    let staged = tempfile::Builder::new().prefix("bottle-copy-").tempdir()?;
+    let staged = tempfile::Builder::new()
+        .prefix(&crate::cleanup::temp_prefix("copy"))
+        .tempdir()?;
     // The staged directory itself becomes `target`: not the 0700 of a fresh temporary directory.
     std::fs::set_permissions(staged.path(), std::fs::Permissions::from_mode(0o755))?;
     let copied = copy_tree(dir, staged.path(), &CACHE_NAMES)?;

@@ -105,6 +105,17 @@ async fn interrupted_by(signal: i32) -> Result<()> {
         left == 0,
         "{left} containers or networks left after signal {signal}"
     );
+    // Nor the files it staged for its containers (exit() runs no destructors).
+    let prefix = format!("bottle-{pid}-");
+    let files: Vec<String> = std::fs::read_dir(std::env::temp_dir())?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(&prefix))
+        .collect();
+    ensure!(
+        files.is_empty(),
+        "temporary files left after signal {signal}: {files:?}"
+    );
     Ok(())
 }
 
