@@ -15,6 +15,7 @@ reached over loopback sockets:
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import datetime
 import ipaddress
@@ -166,8 +167,8 @@ def header(headers: Sequence[tuple[str, str]], name: str) -> str | None:
     return None
 
 
-class _Server:
-    """Accept loop on 127.0.0.1:<random>, one thread per connection."""
+class _Server(abc.ABC):
+    """Accept loop on 127.0.0.1:<random>, one thread per connection; subclasses answer."""
 
     def __init__(self, port: int = 0) -> None:
         self._listener = socket.socket()
@@ -211,8 +212,9 @@ class _Server:
             with contextlib.suppress(OSError):
                 sock.close()
 
+    @abc.abstractmethod
     def handle(self, sock: socket.socket, peer: tuple[str, int]) -> None:
-        raise NotImplementedError
+        """Serves one accepted connection."""
 
     def stop(self) -> None:
         self.stopped.set()
