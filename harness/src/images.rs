@@ -30,8 +30,51 @@ impl TestImages {
     }
 }
 
-/// Builds what is missing (progress on stderr) and returns every tag.
+/// Set by the nextest setup script for the tests it runs before: the tags it just ensured,
+/// `,`-separated in [`TestImages::all`] order, so each test process does not hash the fixture
+/// binaries and inspect every image again.
+pub const ENV: &str = "BOTTLE_IMAGES";
+
+impl TestImages {
+    /// The tags as [`ENV`] carries them.
+    pub fn to_env(&self) -> String {
+        self.all().map(|(_, tag)| tag).join(",")
+    }
+
+    fn from_env(value: &str) -> Option<TestImages> {
+        let [
+            base,
+            mitmproxy,
+            mitmproxy_test,
+            agent,
+            agent_claude,
+            fixtures,
+        ] = <[String; 6]>::try_from(value.split(',').map(String::from).collect::<Vec<_>>()).ok()?;
+        Some(TestImages {
+            base,
+            mitmproxy,
+            mitmproxy_test,
+            agent,
+            agent_claude,
+            fixtures,
+        })
+    }
+}
+
+/// Builds what is missing (progress on stderr) and returns every tag; under nextest, the tags
+/// its setup script ensured.
 pub async fn ensure(docker: &Docker) -> Result<TestImages> {
+    match std::env::var(ENV)
+        .ok()
+        .and_then(|v| TestImages::from_env(&v))
+    {
+        Some(images) => Ok(images),
+        None => build_missing(docker).await,
+    }
+}
+
+/// Builds what is missing (progress on stderr) and returns every tag, always checking.
+pub async fn build_missing(docker: &Docker) -> Result<TestImages> {
     let opts = ImageOptions {
         fixture_binaries: fixture_bins::get()?,
         ..ImageOptions::from_env()

@@ -160,7 +160,7 @@ async fn no_image_carries_the_build_hosts_certificates() -> Result<()> {
 #[tokio::test]
 async fn a_second_ensure_reuses_every_image() -> Result<()> {
     let docker = bottle::docker::connect().await?;
-    let first = bottle_harness::images::ensure(&docker).await?;
+    let first = bottle_harness::images::build_missing(&docker).await?;
     let ids = |docker: Docker, tags: Vec<String>| async move {
         let mut ids = Vec::new();
         for tag in tags {
@@ -170,7 +170,7 @@ async fn a_second_ensure_reuses_every_image() -> Result<()> {
     };
     let tags: Vec<String> = first.all().iter().map(|(_, t)| t.to_string()).collect();
     let before = ids(docker.clone(), tags.clone()).await?;
-    let second = bottle_harness::images::ensure(&docker).await?;
+    let second = bottle_harness::images::build_missing(&docker).await?;
     let again: Vec<String> = second.all().iter().map(|(_, t)| t.to_string()).collect();
     ensure!(
         tags == again,

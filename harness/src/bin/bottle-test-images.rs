@@ -41,7 +41,11 @@ async fn main() -> Result<()> {
     }
     // SAFETY: single-threaded at this point; the variable is read by the ensure below.
     unsafe { std::env::set_var(fixture_bins::ENV, std::env::join_paths(&binaries)?) };
-    let images = bottle_harness::images::ensure(&docker).await?;
+    let images = bottle_harness::images::build_missing(&docker).await?;
+    if let Some(path) = std::env::var_os("NEXTEST_ENV") {
+        let mut file = std::fs::OpenOptions::new().append(true).open(path)?;
+        writeln!(file, "{}={}", bottle_harness::images::ENV, images.to_env())?;
+    }
     for (name, tag) in images.all() {
         eprintln!("[bottle] image {name:<15} {tag}");
     }
