@@ -10,10 +10,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import certifi
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.net import tls as net_tls
 from mitmproxy.proxy import server_hooks
 
-from . import credentials, policy, record, scanner, ssrf, verdict
+from . import credentials, policy, record, scanner, ssrf, trust, verdict
 
 logger = logging.getLogger("bottle")
 
@@ -73,6 +75,8 @@ class BottleAddon:
         self.ssrf_allowed: tuple[ssrf.IPNetwork, ...] = ()
         # Server connection id -> the (name, port) it was pinned away from while connecting.
         self._pinned: dict[str, tuple[str, int]] = {}
+        # The combined trust bundle this addon wrote and gave mitmproxy, if any.
+        self.trust_bundle: str | None = None
 
     def load(self, loader: Any) -> None:
         loader.add_option(
@@ -110,6 +114,13 @@ class BottleAddon:
             str,
             "",
             "JSON file of per-host credential bindings (see addon/README.md).",
+        )
+        loader.add_option(
+            "bottle_upstream_ca",
+            str,
+            "",
+            "PEM file of CA certificates to trust for upstream TLS in addition to the system "
+            "roots (a TLS-intercepting corporate proxy's CA).",
         )
 
     def configure(self, updated: set[str]) -> None:
@@ -149,6 +160,85 @@ class BottleAddon:
             if self.log is not None:
                 self.log.close()
             self.log = log
+        self._configure_upstream_trust(options, updated)
+
+    def _configure_upstream_trust(self, options: Any, updated: set[str]) -> None:
+        """Points mitmproxy's upstream trust at the system roots plus `bottle_upstream_ca`."""
+        ca_file = options.bottle_upstream_ca
+        if not ca_file:
+            if self.trust_bundle is not None:
+                # Unset at run time: back to mitmproxy's default trust, if still ours.
+                ours, self.trust_bundle = self.trust_bundle, None
+                if options.ssl_verify_upstream_trusted_ca == ours:
+                    options.update(ssl_verify_upstream_trusted_ca=None)
+            return
+        missing = sorted(
+            {"ssl_verify_upstream_trusted_ca", "ssl_verify_upstream_trusted_confdir"}
+            - set(options.keys())
+        )
+        if missing:
+            raise exceptions.OptionsError(
+                f"bottle: mitmproxy has no option {', '.join(missing)}; this addon needs 12.2.x"
+            )
+        path = os.path.join(os.path.expanduser(options.confdir), trust.BUNDLE_NAME)
+        if options.ssl_verify_upstream_trusted_confdir is not None:
+            raise exceptions.OptionsError(
+                "bottle: bottle_upstream_ca: unset ssl_verify_upstream_trusted_confdir "
+                f"(it is {options.ssl_verify_upstream_trusted_confdir!r}): with both, the "
+                "upstream trust would be ambiguous; bottle_upstream_ca adds to the system roots"
+            )
+        if options.ssl_verify_upstream_trusted_ca not in (None, path, self.trust_bundle):
+            raise exceptions.OptionsError(
+                "bottle: bottle_upstream_ca: unset ssl_verify_upstream_trusted_ca "
+                f"(it is {options.ssl_verify_upstream_trusted_ca!r}): with both, the upstream "
+                "trust would be ambiguous; bottle_upstream_ca adds to the system roots"
+            )
+        if "bottle_upstream_ca" in updated or self.trust_bundle != path:
+            bundle = self._write_trust_bundle(ca_file, os.path.dirname(path))
+            self.trust_bundle = path
+            # mitmproxy caches its upstream TLS contexts by file name: a bundle rewritten under
+            # the same name must not leave the old trust in use.
+            cache_clear = getattr(net_tls.create_proxy_server_context, "cache_clear", None)
+            if cache_clear is not None:
+                cache_clear()
+            logger.info(
+                "bottle: upstream TLS trusts the system roots and %d certificate(s) from %s: %s",
+                len(bundle.added),
+                ca_file,
+                "; ".join(cert.subject.rfc4514_string() for cert in bundle.added),
+            )
+        if options.ssl_verify_upstream_trusted_ca != path:
+            options.update(ssl_verify_upstream_trusted_ca=path)
+
+    @staticmethod
+    def _write_trust_bundle(ca_file: str, directory: str) -> trust.Bundle:
+        try:
+            with open(ca_file, "rb") as f:
+                extra = f.read()
+        except OSError as e:
+            raise exceptions.OptionsError(
+                f"bottle: bottle_upstream_ca: {ca_file} cannot be read: {e.strerror or e}"
+            ) from None
+        try:
+            with open(certifi.where(), "rb") as f:
+                system_roots = f.read()
+        except OSError as e:
+            raise exceptions.OptionsError(
+                f"bottle: bottle_upstream_ca: the system roots ({certifi.where()}) cannot be "
+                f"read: {e.strerror or e}"
+            ) from None
+        try:
+            bundle = trust.build_bundle(system_roots, extra)
+        except trust.TrustError as e:
+            raise exceptions.OptionsError(f"bottle: bottle_upstream_ca: {ca_file}: {e}") from None
+        try:
+            trust.write_bundle(directory, bundle.pem)
+        except OSError as e:
+            raise exceptions.OptionsError(
+                f"bottle: bottle_upstream_ca: the combined bundle cannot be written to "
+                f"{directory}: {e.strerror or e}"
+            ) from None
+        return bundle
 
     @staticmethod
     def _load_bindings(path: str) -> tuple[credentials.Binding, ...]:
