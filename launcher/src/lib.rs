@@ -4,7 +4,10 @@
 //! This library is the one source of truth for what a bottle is; the harness brings bottles up
 //! from it (`plan`). Today it holds the plan, the Docker connection and the locally built images.
 
+pub mod addon;
 pub mod docker;
 pub mod images;
+pub mod manifest;
 pub mod plan;
 pub mod progress;
+pub mod render;

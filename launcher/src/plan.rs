@@ -5,7 +5,7 @@
 //! Topology (DESIGN.md): the agent reaches nothing but mitmproxy; mitmproxy reaches the scanner
 //! and the egress network; the scanner reaches nothing at all (addon/README.md, "Exactly once").
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -19,18 +19,30 @@ pub const MITM_CONFDIR: &str = "/home/mitmproxy/.mitmproxy";
 pub const MITM_CA_CERT: &str = "/home/mitmproxy/.mitmproxy/mitmproxy-ca-cert.pem";
 pub const MITM_DECISION_LOG: &str = "/home/mitmproxy/decisions.jsonl";
 pub const MITM_ADDON_DIR: &str = "/opt/bottle/addon";
-pub const MITM_UPSTREAM_TRUST: &str = "/opt/bottle/upstream-trust.pem";
+/// The extra upstream CA (a corporate proxy's) mitmproxy trusts besides the system roots.
+pub const MITM_UPSTREAM_CA: &str = "/opt/bottle/upstream-ca.pem";
+/// The same CA for the scanner: Go adds the certificates of every file in `SSL_CERT_DIR` to the
+/// system roots, which it still reads from its default bundle.
+pub const SCANNER_UPSTREAM_CA_DIR: &str = "/etc/bottle/upstream-ca";
 pub const MITM_CREDENTIALS: &str = "/opt/bottle/credentials.json";
 pub const SCANNER_CONFIG: &str = "/etc/pipelock/pipelock.yaml";
 /// Where the agent's system trust store picks the bottle's CA up (`update-ca-certificates`).
 pub const AGENT_CA_PATH: &str = "/usr/local/share/ca-certificates/claude-bottle-mitm.crt";
 pub const AGENT_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// Made (as root) once the agent trusts the bottle's CA; the agent command waits for it, so it
+/// never sends a request before the trust store is in place. `update-ca-certificates` reads only
+/// `*.crt` files, so the marker beside the certificate is ignored by it.
+pub const AGENT_CA_READY: &str = "/usr/local/share/ca-certificates/claude-bottle-mitm.ready";
+/// The agent's entrypoint: wait for [`AGENT_CA_READY`], then run the agent command (`"$@"`).
+pub const AGENT_WAIT_FOR_CA: &str = "while [ ! -e /usr/local/share/ca-certificates/claude-bottle-mitm.ready ]; do sleep 0.1; done; exec \"$@\"";
 /// A resolver that answers nothing, at once: the scanner must resolve no names (Docker's
 /// embedded DNS on an internal network otherwise hangs 10 s per unknown name, measured).
 pub const DEAD_RESOLV_CONF: &str = "nameserver 127.0.0.1\noptions attempts:1 timeout:1\n";
 /// The label every container and network of a bottle carries: the bottle's name.
 pub const BOTTLE_LABEL: &str = "org.bottle.bottle";
 pub const ROLE_LABEL: &str = "org.bottle.role";
+/// Which scanner the bottle runs: `pipelock`, or `double` (not a protection).
+pub const SCANNER_LABEL: &str = "org.bottle.scanner";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -40,6 +52,18 @@ pub enum PlanError {
     BadName(String),
     #[error("credential binding for {host}: the agent's environment has no {env}")]
     MissingCredential { host: String, env: String },
+    #[error(
+        "the allowlist is empty: pipelock would block every request. Name the hosts the agent \
+         may reach (exact names or `*.example.com`)"
+    )]
+    EmptyAllowlist,
+    #[error(
+        "allowlist entry {0:?} is not a host pattern: use an exact host name (`api.example.com`) \
+         or a wildcard over a domain (`*.example.com`), no scheme, port or path"
+    )]
+    BadAllowlistEntry(String),
+    #[error("the agent command is empty: give the program to run and its arguments")]
+    EmptyCommand,
 }
 
 /// What a bottle is made of; `bottle.toml` and the harness both produce one.
@@ -49,8 +73,9 @@ pub struct BottleSpec {
     pub agent: AgentSpec,
     pub scanner: ScannerSpec,
     pub mitm_image: String,
-    /// The addon's directory on the host, copied into mitmproxy.
-    pub addon_dir: PathBuf,
+    /// A host directory copied into mitmproxy instead of the addon built into this binary (the
+    /// harness's negative control).
+    pub addon_dir: Option<PathBuf>,
     pub egress: EgressSpec,
     pub credentials: Vec<CredentialBinding>,
 }
@@ -58,8 +83,11 @@ pub struct BottleSpec {
 #[derive(Clone, Debug)]
 pub struct AgentSpec {
     pub image: String,
+    /// Run once the agent trusts the bottle's CA.
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
+    /// Names in `env` whose values are secrets: never printed (`BottlePlan::redacted`).
+    pub secret_env: BTreeSet<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -83,11 +111,33 @@ pub struct EgressSpec {
     /// `Some(name)`: attach mitmproxy to this existing network (the test suite's "internet");
     /// `None`: the bottle makes its own egress network, with a route out.
     pub network: Option<String>,
-    /// PEM that *replaces* mitmproxy's upstream trust store (the test suite's stand-in root).
-    pub upstream_trust_pem: Option<String>,
+    /// The hosts the agent may reach (pipelock's `api_allowlist`, strict mode).
+    pub allowlist: Vec<String>,
+    /// A CA that upstream certificates may also chain to (a TLS-intercepting corporate proxy's,
+    /// or the test suite's stand-in root), trusted *besides* the system roots. Never
+    /// `ssl_insecure`.
+    pub upstream_ca: Option<UpstreamCa>,
     /// Private networks mitmproxy may connect to (the test suite's "internet").
     pub ssrf_allow: Vec<String>,
 }
+
+#[derive(Clone, Debug, Serialize)]
+pub struct UpstreamCa {
+    /// Where it came from, for people reading the plan (a file name).
+    pub source: String,
+    #[serde(skip)]
+    pub pem: String,
+}
+
+/// The hosts an agent running Claude Code needs, and nothing else: used when a manifest names
+/// none. Wildcards also match the apex (pipelock's rule).
+pub const DEFAULT_ALLOWLIST: [&str; 5] = [
+    "api.anthropic.com",
+    "statsig.anthropic.com",
+    "github.com",
+    "*.githubusercontent.com",
+    "registry.npmjs.org",
+];
 
 /// The agent's own credential, allowed in one header to one https host (addon/README.md).
 #[derive(Clone, Debug, Serialize)]
@@ -109,7 +159,7 @@ pub enum NetworkRole {
     Egress,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Scanner,
@@ -136,6 +186,8 @@ pub struct Attachment {
 #[serde(rename_all = "snake_case")]
 pub enum FileContents {
     Text(String),
+    /// The addon built into this binary (`crate::addon`), written with the current time.
+    BuiltinAddon,
     /// A host directory, copied whole with its file times (mitmproxy never loads a script whose
     /// mtime is the epoch).
     Dir(PathBuf),
@@ -145,7 +197,13 @@ pub enum FileContents {
 pub struct FilePlan {
     pub path: String,
     pub contents: FileContents,
+    #[serde(serialize_with = "octal")]
     pub mode: u32,
+}
+
+/// Modes read as people write them: "0644".
+fn octal<S: serde::Serializer>(mode: &u32, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&format!("{mode:04o}"))
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -174,9 +232,12 @@ pub struct CaPlan {
     /// Wait (bounded) for this file in mitmproxy, then copy it into the agent at `agent_path`.
     pub mitm_cert: String,
     pub agent_path: String,
+    #[serde(serialize_with = "octal")]
     pub mode: u32,
     /// Run in the agent as root after the copy.
     pub install_command: Vec<String>,
+    /// Made in the agent, as root, when the install succeeded: the agent command starts then.
+    pub ready_marker: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -189,6 +250,8 @@ pub struct MitmStatus {
 #[derive(Clone, Debug, Serialize)]
 pub struct EgressStatus {
     pub mitm: MitmStatus,
+    pub allowlist: Vec<String>,
+    pub upstream_ca: Option<UpstreamCa>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -201,7 +264,13 @@ pub struct BottlePlan {
     pub containers: Vec<ContainerPlan>,
     pub ca: CaPlan,
     pub egress: EgressStatus,
+    /// Env names whose values are secrets, in any container.
+    #[serde(skip)]
+    pub secret_env: BTreeSet<String>,
 }
+
+/// What a redacted secret reads as.
+pub const REDACTED: &str = "<redacted>";
 
 impl BottlePlan {
     pub fn container(&self, role: Role) -> &ContainerPlan {
@@ -217,6 +286,38 @@ impl BottlePlan {
             .find(|n| n.role == role)
             .expect("every plan has the three networks")
     }
+
+    /// The plan as it may be shown: secret env values replaced by [`REDACTED`].
+    pub fn redacted(&self) -> BottlePlan {
+        let mut plan = self.clone();
+        for container in &mut plan.containers {
+            for (key, value) in &mut container.env {
+                if self.secret_env.contains(key) {
+                    *value = REDACTED.into();
+                }
+            }
+        }
+        plan
+    }
+}
+
+/// An `api_allowlist` entry pipelock accepts: an exact host or `*.` and a domain with a dot.
+pub fn valid_host_pattern(pattern: &str) -> bool {
+    let host = pattern.strip_prefix("*.").unwrap_or(pattern);
+    let labels: Vec<&str> = host.split('.').collect();
+    let wildcard_ok = !pattern.starts_with("*.") || labels.len() >= 2;
+    wildcard_ok
+        && !host.is_empty()
+        && host.len() <= 253
+        && labels.iter().all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
 }
 
 pub fn valid_name(name: &str) -> bool {
@@ -233,8 +334,29 @@ pub fn plan(spec: &BottleSpec) -> Result<BottlePlan, PlanError> {
     if !valid_name(&spec.name) {
         return Err(PlanError::BadName(spec.name.clone()));
     }
+    if spec.egress.allowlist.is_empty() {
+        return Err(PlanError::EmptyAllowlist);
+    }
+    if let Some(bad) = spec
+        .egress
+        .allowlist
+        .iter()
+        .find(|p| !valid_host_pattern(p))
+    {
+        return Err(PlanError::BadAllowlistEntry(bad.clone()));
+    }
+    if spec.agent.command.is_empty() {
+        return Err(PlanError::EmptyCommand);
+    }
     let name = |part: &str| format!("bottle-{}-{part}", spec.name);
-    let labels = BTreeMap::from([(BOTTLE_LABEL.to_string(), spec.name.clone())]);
+    let scanner_kind = match spec.scanner.kind {
+        ScannerKind::Pipelock => "pipelock",
+        ScannerKind::Double => "double",
+    };
+    let labels = BTreeMap::from([
+        (BOTTLE_LABEL.to_string(), spec.name.clone()),
+        (SCANNER_LABEL.to_string(), scanner_kind.to_string()),
+    ]);
 
     let networks = vec![
         NetworkPlan {
@@ -267,6 +389,20 @@ pub fn plan(spec: &BottleSpec) -> Result<BottlePlan, PlanError> {
 
     let scanner_name = name("scanner");
     let mitm_name = name("mitm");
+    let mut scanner_env = BTreeMap::new();
+    let mut scanner_files = vec![FilePlan {
+        path: SCANNER_CONFIG.into(),
+        contents: FileContents::Text(pipelock_config(&spec.egress.allowlist)),
+        mode: 0o644,
+    }];
+    if let Some(ca) = &spec.egress.upstream_ca {
+        scanner_env.insert("SSL_CERT_DIR".to_string(), SCANNER_UPSTREAM_CA_DIR.into());
+        scanner_files.push(FilePlan {
+            path: format!("{SCANNER_UPSTREAM_CA_DIR}/upstream-ca.pem"),
+            contents: FileContents::Text(ca.pem.clone()),
+            mode: 0o644,
+        });
+    }
     let scanner = ContainerPlan {
         role: Role::Scanner,
         name: scanner_name.clone(),
@@ -281,16 +417,12 @@ pub fn plan(spec: &BottleSpec) -> Result<BottlePlan, PlanError> {
         ]
         .map(String::from)
         .to_vec(),
-        env: BTreeMap::new(),
+        env: scanner_env,
         networks: vec![Attachment {
             network: NetworkRole::Scan,
             aliases: vec![],
         }],
-        files: vec![FilePlan {
-            path: SCANNER_CONFIG.into(),
-            contents: FileContents::Text(pipelock_config()),
-            mode: 0o644,
-        }],
+        files: scanner_files,
         resolv_conf: Some(DEAD_RESOLV_CONF.into()),
         dns_options: vec![],
         ready_line: Some("\"event\":\"startup\"".into()),
@@ -302,7 +434,10 @@ pub fn plan(spec: &BottleSpec) -> Result<BottlePlan, PlanError> {
     )]);
     let mut mitm_files = vec![FilePlan {
         path: MITM_ADDON_DIR.into(),
-        contents: FileContents::Dir(spec.addon_dir.clone()),
+        contents: match &spec.addon_dir {
+            Some(dir) => FileContents::Dir(dir.clone()),
+            None => FileContents::BuiltinAddon,
+        },
         mode: 0o755,
     }];
     let mut command: Vec<String> = vec![
@@ -318,15 +453,14 @@ pub fn plan(spec: &BottleSpec) -> Result<BottlePlan, PlanError> {
     set("connection_strategy=lazy".into());
     set("rawtcp=false".into());
     set(format!("bottle_decision_log={MITM_DECISION_LOG}"));
-    if let Some(pem) = &spec.egress.upstream_trust_pem {
+    if let Some(ca) = &spec.egress.upstream_ca {
         mitm_files.push(FilePlan {
-            path: MITM_UPSTREAM_TRUST.into(),
-            contents: FileContents::Text(pem.clone()),
+            path: MITM_UPSTREAM_CA.into(),
+            contents: FileContents::Text(ca.pem.clone()),
             mode: 0o644,
         });
-        set(format!(
-            "ssl_verify_upstream_trusted_ca={MITM_UPSTREAM_TRUST}"
-        ));
+        // The addon adds it to the system roots (addon/README.md); never `ssl_insecure`.
+        set(format!("bottle_upstream_ca={MITM_UPSTREAM_CA}"));
     }
     if !spec.egress.ssrf_allow.is_empty() {
         set(format!(
@@ -377,6 +511,8 @@ pub fn plan(spec: &BottleSpec) -> Result<BottlePlan, PlanError> {
         ready_line: Some("bottle addon ready".into()),
     };
 
+    let mut secret_env = spec.agent.secret_env.clone();
+    secret_env.extend(spec.credentials.iter().map(|b| b.env.clone()));
     let proxy = format!("http://{mitm_name}:{MITM_PORT}");
     let mut agent_env = spec.agent.env.clone();
     for key in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"] {
@@ -389,7 +525,11 @@ pub fn plan(spec: &BottleSpec) -> Result<BottlePlan, PlanError> {
         role: Role::Agent,
         name: name("agent"),
         image: spec.agent.image.clone(),
-        entrypoint: None,
+        entrypoint: Some(
+            ["sh", "-c", AGENT_WAIT_FOR_CA, "bottle-agent"]
+                .map(String::from)
+                .to_vec(),
+        ),
         command: spec.agent.command.clone(),
         env: agent_env,
         networks: vec![Attachment {
@@ -415,24 +555,38 @@ pub fn plan(spec: &BottleSpec) -> Result<BottlePlan, PlanError> {
             agent_path: AGENT_CA_PATH.into(),
             mode: 0o644,
             install_command: vec!["update-ca-certificates".into()],
+            ready_marker: AGENT_CA_READY.into(),
         },
         egress: EgressStatus {
             mitm: MitmStatus {
                 enabled: true,
                 ca_fingerprint: None,
             },
+            allowlist: spec.egress.allowlist.clone(),
+            upstream_ca: spec.egress.upstream_ca.clone(),
         },
+        secret_env,
     })
 }
 
-/// The scanner's config: pipelock's forward proxy with request body and header DLP blocking.
-/// `internal: []` because the scanner resolves no names (addon/README.md, "Exactly once"); the
-/// addon checks upstream addresses where mitmproxy connects. The rate limit cannot be turned off
-/// in pipelock; set beyond what an agent sends.
-pub fn pipelock_config() -> String {
+/// The scanner's config: pipelock's forward proxy with request body and header DLP blocking, and
+/// strict mode, the only mode in which pipelock enforces `api_allowlist`. `internal: []` because
+/// the scanner resolves no names (addon/README.md, "Exactly once"); the addon checks upstream
+/// addresses where mitmproxy connects. The rate limit cannot be turned off in pipelock; set
+/// beyond what an agent sends.
+pub fn pipelock_config(allowlist: &[String]) -> String {
+    // Entries are host patterns (`valid_host_pattern`): safe as plain YAML scalars once quoted.
+    let allowlist: String = allowlist
+        .iter()
+        .map(|host| format!("  - \"{host}\"\n"))
+        .collect();
     "version: 1
-mode: balanced
-forward_proxy:
+mode: strict
+api_allowlist:
+"
+    .to_string()
+        + &allowlist
+        + "forward_proxy:
   enabled: true
 request_body_scanning:
   enabled: true
@@ -450,7 +604,6 @@ sentry:
   enabled: false
 internal: []
 "
-    .into()
 }
 
 #[cfg(test)]
@@ -467,6 +620,7 @@ mod tests {
                     "ANTHROPIC_API_KEY".into(),
                     "sk-ant-test-0123456789".into(),
                 )]),
+                secret_env: BTreeSet::new(),
             },
             scanner: ScannerSpec {
                 kind: ScannerKind::Double,
@@ -474,10 +628,11 @@ mod tests {
                 entrypoint: Some(vec!["pipelock-double".into()]),
             },
             mitm_image: "mitm:1".into(),
-            addon_dir: "/src/addon".into(),
+            addon_dir: None,
             egress: EgressSpec {
                 network: None,
-                upstream_trust_pem: None,
+                allowlist: DEFAULT_ALLOWLIST.map(String::from).to_vec(),
+                upstream_ca: None,
                 ssrf_allow: vec![],
             },
             credentials: vec![],
@@ -591,24 +746,142 @@ mod tests {
             trusted_domains ssrf";
         let known: Vec<&str> = PIPELOCK_TOP_LEVEL_KEYS.split_whitespace().collect();
         assert_eq!(known.len(), 56);
-        let config: serde_yaml_ng::Value = serde_yaml_ng::from_str(&pipelock_config()).unwrap();
+        let config: serde_yaml_ng::Value = serde_yaml_ng::from_str(&pipelock_config(&[
+            "api.anthropic.com".into(),
+            "*.githubusercontent.com".into(),
+        ]))
+        .unwrap();
         let map = config.as_mapping().unwrap();
         for key in map.keys() {
             let key = key.as_str().unwrap();
             assert!(known.contains(&key), "pipelock does not know {key}");
         }
-        let at = |path: &str| path.split('.').fold(&config, |v, k| &v[k]).clone();
-        assert_eq!(at("forward_proxy.enabled").as_bool(), Some(true));
-        assert_eq!(at("request_body_scanning.action").as_str(), Some("block"));
-        assert_eq!(
-            at("request_body_scanning.scan_headers").as_bool(),
-            Some(true)
+        // Every value the file sets, by its path: a key added or changed without a reason to
+        // check fails here.
+        fn leaves(prefix: &str, value: &serde_yaml_ng::Value, out: &mut Vec<(String, String)>) {
+            match value {
+                serde_yaml_ng::Value::Mapping(map) => {
+                    for (key, inner) in map {
+                        let key = key.as_str().unwrap();
+                        let path = if prefix.is_empty() {
+                            key.to_string()
+                        } else {
+                            format!("{prefix}.{key}")
+                        };
+                        leaves(&path, inner, out);
+                    }
+                }
+                other => out.push((
+                    prefix.to_string(),
+                    serde_yaml_ng::to_string(other).unwrap().trim().to_string(),
+                )),
+            }
+        }
+        let mut found = Vec::new();
+        leaves("", &config, &mut found);
+        let expected: Vec<(String, String)> = [
+            ("version", "1"),
+            // The only mode in which pipelock enforces api_allowlist.
+            ("mode", "strict"),
+            (
+                "api_allowlist",
+                "- api.anthropic.com\n- '*.githubusercontent.com'",
+            ),
+            ("forward_proxy.enabled", "true"),
+            ("request_body_scanning.enabled", "true"),
+            // pipelock's default is warn.
+            ("request_body_scanning.action", "block"),
+            ("request_body_scanning.max_body_bytes", "5242880"),
+            ("request_body_scanning.scan_headers", "true"),
+            ("request_body_scanning.header_mode", "sensitive"),
+            // Cannot be turned off; far beyond what an agent sends.
+            ("fetch_proxy.monitoring.max_requests_per_minute", "100000"),
+            ("logging.format", "json"),
+            ("logging.output", "stdout"),
+            // The presets embed the maintainer's DSN.
+            ("sentry.enabled", "false"),
+            // The scanner resolves no names; the addon checks addresses instead.
+            ("internal", "[]"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(found, expected);
+    }
+
+    #[test]
+    fn an_upstream_ca_is_added_to_both_trust_stores_never_insecure() {
+        let mut spec = spec();
+        spec.egress.upstream_ca = Some(UpstreamCa {
+            source: "corp.pem".into(),
+            pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+        });
+        let plan = plan(&spec).unwrap();
+        let mitm = plan.container(Role::Mitm);
+        let command = mitm.command.join(" ");
+        assert!(command.contains("bottle_upstream_ca=/opt/bottle/upstream-ca.pem"));
+        // Never mitmproxy's own option: it would replace the system roots.
+        assert!(
+            !command.contains("ssl_verify_upstream_trusted_ca"),
+            "{command}"
         );
-        assert_eq!(at("sentry.enabled").as_bool(), Some(false));
-        assert_eq!(at("logging.format").as_str(), Some("json"));
-        assert_eq!(at("logging.output").as_str(), Some("stdout"));
-        assert_eq!(at("internal"), serde_yaml_ng::Value::Sequence(vec![]));
-        assert!(at("fetch_proxy.monitoring.max_requests_per_minute").as_u64() >= Some(10_000));
+        assert!(!command.contains("ssl_insecure"), "{command}");
+        assert!(mitm.files.iter().any(|f| f.path == MITM_UPSTREAM_CA));
+        let scanner = plan.container(Role::Scanner);
+        assert_eq!(scanner.env["SSL_CERT_DIR"], SCANNER_UPSTREAM_CA_DIR);
+        // Not SSL_CERT_FILE: that would replace the scanner's system bundle.
+        assert!(!scanner.env.contains_key("SSL_CERT_FILE"));
+        assert!(
+            scanner
+                .files
+                .iter()
+                .any(|f| f.path.starts_with(SCANNER_UPSTREAM_CA_DIR))
+        );
+        assert_eq!(plan.egress.upstream_ca.as_ref().unwrap().source, "corp.pem");
+    }
+
+    #[test]
+    fn the_allowlist_takes_host_patterns_only_and_never_nothing() {
+        for good in ["api.anthropic.com", "*.githubusercontent.com", "localhost"] {
+            assert!(valid_host_pattern(good), "{good}");
+        }
+        for bad in [
+            "",
+            "*",
+            "*.com",
+            "https://github.com",
+            "github.com:443",
+            "github.com/x",
+            "GitHub.com",
+            "a..b",
+            "-a.com",
+            "*.*.com",
+        ] {
+            assert!(!valid_host_pattern(bad), "{bad}");
+        }
+        let mut spec = spec();
+        spec.egress.allowlist.clear();
+        assert!(matches!(plan(&spec), Err(PlanError::EmptyAllowlist)));
+        spec.egress.allowlist = vec!["https://x.com".into()];
+        assert!(matches!(plan(&spec), Err(PlanError::BadAllowlistEntry(_))));
+    }
+
+    #[test]
+    fn the_agent_command_waits_for_the_ca_and_secrets_are_redacted() {
+        let mut spec = spec();
+        spec.agent.secret_env.insert("ANTHROPIC_API_KEY".into());
+        let plan = plan(&spec).unwrap();
+        let agent = plan.container(Role::Agent);
+        let entrypoint = agent.entrypoint.as_ref().unwrap().join(" ");
+        assert!(entrypoint.contains(AGENT_CA_READY), "{entrypoint}");
+        assert_eq!(plan.ca.ready_marker, AGENT_CA_READY);
+        assert_eq!(agent.command, ["sleep", "infinity"]);
+        let shown = plan.redacted();
+        assert_eq!(
+            shown.container(Role::Agent).env["ANTHROPIC_API_KEY"],
+            REDACTED
+        );
+        assert_eq!(agent.env["ANTHROPIC_API_KEY"], "sk-ant-test-0123456789");
     }
 
     #[test]

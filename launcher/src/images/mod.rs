@@ -6,6 +6,7 @@
 mod base;
 mod build;
 mod fetch;
+pub mod pinned;
 pub mod recipes;
 
 use std::collections::HashMap;

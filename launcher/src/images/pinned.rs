@@ -446,8 +446,8 @@ fn ways_out(which: Pinned, entry: &LockEntry, reference: &str) -> String {
         Pinned::Pipelock => format!(
             "pipelock has no local recipe: the real image can only come from its registry. \
              Either\n  - {load}\n  - or run `bottle start --scanner double`: pipelock-double \
-             stands in for pipelock, and that bottle is NOT protected by pipelock (nothing \
-             scans its egress for secrets)."
+             stands in for pipelock, and that bottle is NOT protected by pipelock (the double is a \
+             test stand-in that knows a few secret patterns, not a scanner to rely on)."
         ),
         Pinned::Mitmproxy => format!(
             "Either\n  - use `--images local`, which builds mitmproxy 12.2.3 here from Debian \
