@@ -9,23 +9,23 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use bollard::Docker;
+use bottle::executor::{self, StartOptions};
 use bottle::plan::{
-    self, AgentSpec, BottlePlan, BottleSpec, ContainerPlan, CredentialBinding, EgressSpec,
-    FileContents, NetworkRole, Role, ScannerKind, ScannerSpec,
+    self, AgentSpec, BottlePlan, BottleSpec, CredentialBinding, EgressSpec, NetworkRole, Role,
+    ScannerKind, ScannerSpec, UpstreamCa,
 };
 use serde_json::Value;
-use testcontainers::core::{Mount, WaitFor};
+use testcontainers::core::WaitFor;
 use testcontainers::runners::AsyncRunner;
-use testcontainers::{ContainerAsync, ContainerRequest, GenericImage, ImageExt};
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 
 use crate::exec::{exec, exec_ok};
 use crate::images::TestImages;
 use crate::network::{self, InternalNetwork};
-use crate::{cleanup, copy, fixture_bins, run};
+use crate::{cleanup, run};
 
 /// The names the upstream fixture answers for on the test internet.
 pub const UPSTREAM_HOSTS: [&str; 3] = [
@@ -71,13 +71,42 @@ pub struct Chain {
     owned: Option<Owned>,
 }
 
-/// The containers, networks and staged files of a chain this process brought up.
+/// What a chain this process brought up is made of; dropping it removes everything.
 struct Owned {
+    bottle: BottleGuard,
     _upstream: ContainerAsync<GenericImage>,
-    containers: HashMap<&'static str, ContainerAsync<GenericImage>>,
     // Dropped last: removing a network also removes whatever is still on it.
-    _networks: Vec<InternalNetwork>,
-    _staged: Vec<tempfile::TempDir>,
+    _internet: InternalNetwork,
+}
+
+/// Removes the bottle (everything with its label) when dropped, e.g. while a panic unwinds.
+struct BottleGuard {
+    docker: Docker,
+    name: Option<String>,
+}
+
+impl BottleGuard {
+    async fn remove(&mut self) {
+        if let Some(name) = self.name.take() {
+            executor::remove(&self.docker, &name).await;
+        }
+    }
+}
+
+impl Drop for BottleGuard {
+    fn drop(&mut self) {
+        let Some(name) = self.name.take() else { return };
+        // Drop cannot await: a short-lived runtime on another thread does the removal.
+        let docker = self.docker.clone();
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for bottle removal")
+                .block_on(executor::remove(&docker, &name))
+        })
+        .join();
+    }
 }
 
 fn image(tag: &str) -> GenericImage {
@@ -86,11 +115,7 @@ fn image(tag: &str) -> GenericImage {
 }
 
 fn role_key(role: Role) -> &'static str {
-    match role {
-        Role::Scanner => "scanner",
-        Role::Mitm => "mitm",
-        Role::Agent => "agent",
-    }
+    executor::role_name(role)
 }
 
 fn upstream_name(bottle: &str) -> String {
@@ -124,6 +149,7 @@ fn spec(
             },
             command: vec!["sleep".into(), "infinity".into()],
             env: agent_env,
+            secret_env: Default::default(),
         },
         scanner: ScannerSpec {
             kind: ScannerKind::Double,
@@ -131,13 +157,16 @@ fn spec(
             entrypoint: Some(vec!["pipelock-double".into()]),
         },
         mitm_image: images.mitmproxy.clone(),
-        addon_dir: options
-            .addon_dir
-            .clone()
-            .unwrap_or_else(|| fixture_bins::workspace_root().join("addon")),
+        addon_dir: options.addon_dir.clone(),
         egress: EgressSpec {
             network: Some(internet.to_string()),
-            upstream_trust_pem: Some(root_pem.to_string()),
+            allowlist: UPSTREAM_HOSTS.map(String::from).to_vec(),
+            // The stand-in root, trusted besides the system roots: the path a corporate
+            // proxy's CA takes.
+            upstream_ca: Some(UpstreamCa {
+                source: "the test root".into(),
+                pem: root_pem.to_string(),
+            }),
             // The test internet is a private network holding only the fixtures.
             ssrf_allow: vec![internet_subnet.to_string()],
         },
@@ -150,12 +179,9 @@ impl Chain {
         cleanup::on_signal(docker);
         let name = run::unique("t");
         let root = TestRoot::generate()?;
-        let internet = InternalNetwork::create_named(
-            docker,
-            &internet_name(&name),
-            &BTreeMap::from([(plan::BOTTLE_LABEL.to_string(), name.clone())]),
-        )
-        .await?;
+        // Not labelled as part of the bottle: it is the test's, and outlives nothing.
+        let internet =
+            InternalNetwork::create_named(docker, &internet_name(&name), &BTreeMap::new()).await?;
         let internet_subnet = network::subnet(docker, &internet.name).await?;
         let plan = plan::plan(&spec(
             &name,
@@ -166,100 +192,51 @@ impl Chain {
             &root.cert_pem,
         ))?;
 
-        // Independent steps run together: a chain per test is the unit of isolation, so its
-        // bring-up time is the suite's time.
+        // The upstream and the bottle start together: a chain per test is the unit of
+        // isolation, so its bring-up time is the suite's time.
         let upstream_name = upstream_name(&name);
-        let (upstream, plan_networks) = tokio::try_join!(
+        let start_options = StartOptions {
+            extra_labels: run::labels().into_iter().collect(),
+            ..StartOptions::default()
+        };
+        // Armed from here: a failed upstream cancels a half-made start, which this removes.
+        let bottle = BottleGuard {
+            docker: docker.clone(),
+            name: Some(name.clone()),
+        };
+        let (upstream, running) = tokio::try_join!(
             start_upstream(docker, images, &internet.name, &upstream_name, &root),
             async {
-                let mut made = Vec::new();
-                for net in plan.networks.iter().filter(|n| n.create) {
-                    made.push(
-                        InternalNetwork::create_named(docker, &net.name, &plan.labels).await?,
-                    );
-                }
-                anyhow::Ok(made)
+                executor::start(docker, &plan, &start_options)
+                    .await
+                    .with_context(|| format!("starting bottle {name}"))
             },
         )?;
-        let mut networks = vec![internet];
-        networks.extend(plan_networks);
-        let upstream_ip = network::ip(docker, &networks[0].name, &upstream_name).await?;
-
-        let started = futures_util::future::try_join_all(
-            plan.containers.iter().map(|c| start(docker, &plan, c)),
+        let upstream_ip = network::ip(docker, &internet.name, &upstream_name).await?;
+        let mitm_egress_ip = network::ip(
+            docker,
+            &internet.name,
+            &running.plan.container(Role::Mitm).name,
         )
         .await?;
-        let mut containers = HashMap::new();
         let mut ids = HashMap::from([("upstream", upstream.id().to_string())]);
-        let mut staged = Vec::new();
-        for (container_plan, (container, dirs)) in plan.containers.iter().zip(started) {
-            ids.insert(role_key(container_plan.role), container.id().to_string());
-            containers.insert(role_key(container_plan.role), container);
-            staged.extend(dirs);
+        for (role, id) in &running.ids {
+            ids.insert(role_key(*role), id.clone());
         }
-        let mut chain = Chain {
+        Ok(Chain {
             docker: docker.clone(),
-            plan,
+            plan: running.plan,
             images: images.clone(),
             upstream_ip,
-            mitm_egress_ip: String::new(),
+            mitm_egress_ip,
             ids,
             decisions_before: 0,
             owned: Some(Owned {
+                bottle,
                 _upstream: upstream,
-                containers,
-                _networks: networks,
-                _staged: staged,
+                _internet: internet,
             }),
-        };
-        chain.mitm_egress_ip = network::ip(
-            docker,
-            &chain.plan.network(NetworkRole::Egress).name,
-            &chain.plan.container(Role::Mitm).name,
-        )
-        .await?;
-        chain.provision_ca().await?;
-        Ok(chain)
-    }
-
-    /// The PRD's CA steps: mitmproxy's public cert into the agent's trust store, as root.
-    async fn provision_ca(&mut self) -> Result<()> {
-        let ca = self.plan.ca.clone();
-        let mut pem = String::new();
-        for _ in 0..50 {
-            let out = exec(
-                &self.docker,
-                self.id(Role::Mitm),
-                None,
-                &["cat", &ca.mitm_cert],
-            )
-            .await?;
-            if out.code == 0 && out.stdout.contains("BEGIN CERTIFICATE") {
-                pem = out.stdout;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        if pem.is_empty() {
-            bail!("mitmproxy's CA {} never appeared", ca.mitm_cert);
-        }
-        use base64::Engine;
-        let encoded = base64::engine::general_purpose::STANDARD.encode(&pem);
-        let install = format!(
-            "printf %s {encoded} | base64 -d > {path} && chmod {mode:o} {path} && {command}",
-            path = ca.agent_path,
-            mode = ca.mode,
-            command = ca.install_command.join(" "),
-        );
-        exec_ok(
-            &self.docker,
-            self.id(Role::Agent),
-            Some("0"),
-            &["sh", "-c", &install],
-        )
-        .await?;
-        self.plan.egress.mitm.ca_fingerprint = Some(fingerprint(&pem)?);
-        Ok(())
+        })
     }
 
     /// A bottle another process brought up with the default options and still owns (a pool
@@ -291,7 +268,8 @@ impl Chain {
             exec_ok(docker, &mitm, None, &cat_cert),
         )
         .with_context(|| format!("attaching bottle {name}"))?;
-        plan.egress.mitm.ca_fingerprint = Some(fingerprint(&mitm_cert)?);
+        plan.egress.mitm.ca_fingerprint =
+            Some(executor::fingerprint(&mitm_cert).context("mitmproxy's CA")?);
         Ok(Chain {
             docker: docker.clone(),
             plan,
@@ -414,9 +392,8 @@ impl Chain {
     /// (its owner removes it).
     pub async fn down(mut self) -> Result<()> {
         if let Some(mut owned) = self.owned.take() {
-            futures_util::future::try_join_all(owned.containers.drain().map(|(_, c)| c.rm()))
-                .await?;
-            // The upstream and networks go with Drop (networks remove what is still on them).
+            owned.bottle.remove().await;
+            // The upstream and the internet go with Drop (a network removes what is on it).
             drop(owned);
         }
         Ok(())
@@ -487,87 +464,6 @@ impl TestRoot {
     }
 }
 
-/// Starts one container of the plan: files in place, resolver, then its other networks.
-async fn start(
-    docker: &Docker,
-    bottle: &BottlePlan,
-    plan: &ContainerPlan,
-) -> Result<(ContainerAsync<GenericImage>, Vec<tempfile::TempDir>)> {
-    let mut staged_dirs = Vec::new();
-    let mut base = image(&plan.image);
-    if let Some(line) = &plan.ready_line {
-        base = base.with_wait_for(WaitFor::message_on_stdout(line));
-    }
-    let command: Vec<String> = match &plan.entrypoint {
-        Some(entrypoint) => {
-            let (program, args) = entrypoint.split_first().expect("non-empty entrypoint");
-            base = base.with_entrypoint(program);
-            // Arguments of a multi-word entrypoint go before the command.
-            args.iter().chain(&plan.command).cloned().collect()
-        }
-        None => plan.command.clone(),
-    };
-    let mut request: ContainerRequest<GenericImage> = base.with_cmd(command);
-    if !plan.dns_options.is_empty() {
-        let options = plan.dns_options.clone();
-        request = request.with_host_config_modifier(move |config| {
-            config.dns_options = Some(options.clone());
-        });
-    }
-    for (key, value) in &plan.env {
-        request = request.with_env_var(key, value);
-    }
-    let mut labels = run::labels();
-    labels.extend(bottle.labels.clone());
-    labels.insert(plan::ROLE_LABEL.into(), role_key(plan.role).into());
-    for file in &plan.files {
-        request = match &file.contents {
-            FileContents::Text(text) => {
-                request.with_copy_to(file.path.clone(), text.clone().into_bytes())
-            }
-            FileContents::Dir(dir) => {
-                let (with_dir, staged) = copy::with_dir(request, dir, &file.path)?;
-                staged_dirs.push(staged);
-                with_dir
-            }
-        };
-    }
-    if let Some(resolv) = &plan.resolv_conf {
-        let staged = tempfile::Builder::new()
-            .prefix(&crate::cleanup::temp_prefix("resolv"))
-            .tempdir()?;
-        let path = staged.path().join("resolv.conf");
-        std::fs::write(&path, resolv)?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(staged.path(), std::fs::Permissions::from_mode(0o755))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
-        request = request.with_mount(Mount::bind_mount(
-            path.to_string_lossy().into_owned(),
-            "/etc/resolv.conf",
-        ));
-        staged_dirs.push(staged);
-    }
-    let (first, rest) = plan.networks.split_first().expect("attached somewhere");
-    let container = request
-        .with_network(&bottle.network(first.network).name)
-        .with_container_name(&plan.name)
-        .with_labels(labels)
-        .start()
-        .await
-        .with_context(|| format!("starting {}", plan.name))?;
-    for attachment in rest {
-        let aliases: Vec<&str> = attachment.aliases.iter().map(String::as_str).collect();
-        network::connect(
-            docker,
-            &bottle.network(attachment.network).name,
-            &plan.name,
-            &aliases,
-        )
-        .await?;
-    }
-    Ok((container, staged_dirs))
-}
-
 /// A container's stdout and stderr so far.
 async fn container_logs(docker: &Docker, id: &str) -> Result<(Vec<u8>, Vec<u8>)> {
     use bollard::container::LogOutput;
@@ -595,20 +491,4 @@ fn json_lines(text: &str) -> Result<Vec<Value>> {
         .filter(|l| l.trim_start().starts_with('{'))
         .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l}")))
         .collect()
-}
-
-/// sha256 of the certificate's DER, hex.
-pub fn fingerprint(pem: &str) -> Result<String> {
-    use base64::Engine;
-    use sha2::Digest;
-    let body: String = pem
-        .lines()
-        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END"))
-        .collect();
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(body)
-        .context("mitmproxy's CA is not PEM")?;
-    Ok(hex::encode(sha2::Sha256::digest(der)))
 }

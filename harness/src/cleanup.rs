@@ -125,7 +125,7 @@ pub fn on_signal(_docker: &Docker) {
 /// The name prefix of the temporary files and directories this process stages (files copied
 /// into containers, resolver files): `bottle-<pid>-<what>-`, so they can be found by owner.
 pub fn temp_prefix(what: &str) -> String {
-    format!("bottle-{}-{what}-", std::process::id())
+    bottle::executor::temp_prefix(what)
 }
 
 /// Removes the temporary files a process staged (see [`temp_prefix`]); returns how many.

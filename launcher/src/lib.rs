@@ -5,8 +5,13 @@
 //! from it (`plan`). Today it holds the plan, the Docker connection and the locally built images.
 
 pub mod addon;
+pub mod archive;
+pub mod attach;
 pub mod docker;
+pub mod exec;
+pub mod executor;
 pub mod images;
+pub mod launch;
 pub mod manifest;
 pub mod plan;
 pub mod progress;
