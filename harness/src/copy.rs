@@ -11,8 +11,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use testcontainers::{ContainerRequest, Image, ImageExt};
 
-/// Names never copied: caches a host run of pytest, ruff or Python leaves in a source tree.
-pub const CACHE_NAMES: [&str; 3] = ["__pycache__", ".pytest_cache", ".ruff_cache"];
+pub use bottle::archive::CACHE_NAMES;
 
 /// Copies `src` into `dst` (which exists), skipping entries named in `skip` and `*.pyc` files,
 /// following symlinks. Directories are 0755 and files at least 0444, so any user can read them.

@@ -259,26 +259,55 @@ fn write_manifest(dir: &Path, text: &str) -> Result<String> {
     Ok(path.to_string_lossy().into_owned())
 }
 
+/// What a test of the binary needs: the engine, the images, an internal egress network, the
+/// binary, a folder for manifests and a bottle name of its own.
+struct CliTest {
+    docker: Docker,
+    images: TestImages,
+    egress: InternalNetwork,
+    bottle: Bottle,
+    dir: tempfile::TempDir,
+    name: String,
+}
+
+impl CliTest {
+    async fn new(prefix: &str) -> Result<CliTest> {
+        let docker = bottle::docker::connect().await?;
+        let images = images::ensure(&docker).await?;
+        let egress = InternalNetwork::create(&docker, "launcher-egress").await?;
+        let bottle = Bottle {
+            binary: bottle_binary()?,
+            double_image: images.fixtures.clone(),
+        };
+        Ok(CliTest {
+            docker,
+            images,
+            egress,
+            bottle,
+            dir: tempfile::tempdir()?,
+            name: format!("{prefix}-{}", std::process::id()),
+        })
+    }
+
+    /// A bottle.toml for the probe agent running `command` (a TOML array), egress internal.
+    fn manifest(&self, command: &str) -> Result<String> {
+        write_manifest(
+            self.dir.path(),
+            &format!(
+                "name = \"{}\"\n[agent]\nimage = \"{}\"\ncommand = {command}\n\
+                 [egress]\nallowlist = [\"api.anthropic.com\"]\nnetwork = \"{}\"\n",
+                self.name, self.images.agent, self.egress.name
+            ),
+        )
+    }
+}
+
 #[tokio::test]
 async fn the_bottle_binary_starts_a_bottle_a_probe_is_blocked_and_stop_leaves_nothing() -> Result<()>
 {
-    let docker = bottle::docker::connect().await?;
-    let images = images::ensure(&docker).await?;
-    let egress = InternalNetwork::create(&docker, "launcher-egress").await?;
-    let bottle = Bottle {
-        binary: bottle_binary()?,
-        double_image: images.fixtures.clone(),
-    };
-    let dir = tempfile::tempdir()?;
-    let name = format!("cli-{}", std::process::id());
-    let manifest = write_manifest(
-        dir.path(),
-        &format!(
-            "name = \"{name}\"\n[agent]\nimage = \"{}\"\ncommand = [\"sleep\", \"infinity\"]\n\
-             [egress]\nallowlist = [\"api.anthropic.com\"]\nnetwork = \"{}\"\n",
-            images.agent, egress.name
-        ),
-    )?;
+    let test = CliTest::new("cli").await?;
+    let (docker, bottle, name) = (&test.docker, &test.bottle, &test.name);
+    let manifest = test.manifest(r#"["sleep", "infinity"]"#)?;
     let args = [
         "start",
         "--detach",
@@ -304,7 +333,7 @@ async fn the_bottle_binary_starts_a_bottle_a_probe_is_blocked_and_stop_leaves_no
         // The agent trusts exactly the CA whose fingerprint was printed.
         let agent = format!("bottle-{name}-agent");
         let installed =
-            bottle::exec::exec(&docker, &agent, None, &["cat", plan::AGENT_CA_PATH]).await?;
+            bottle::exec::exec(docker, &agent, None, &["cat", plan::AGENT_CA_PATH]).await?;
         let fingerprint = executor::fingerprint(&installed.stdout)?;
         ensure!(
             lines[0] == executor::fingerprint_line(&fingerprint),
@@ -328,7 +357,7 @@ async fn the_bottle_binary_starts_a_bottle_a_probe_is_blocked_and_stop_leaves_no
                 "not on the allowlist",
             ),
         ] {
-            let result = probe::run(&docker, &agent, Client::Curl, Protocol::H2, &request).await?;
+            let result = probe::run(docker, &agent, Client::Curl, Protocol::H2, &request).await?;
             ensure!(
                 result.status == Some(403) && result.text().contains("blocked"),
                 "{why}: {result:?}"
@@ -346,12 +375,12 @@ async fn the_bottle_binary_starts_a_bottle_a_probe_is_blocked_and_stop_leaves_no
         let (ps, _) = bottle.run(&["ps"]).await?;
         let listed = String::from_utf8_lossy(&ps.stdout).into_owned();
         ensure!(
-            listed
-                .lines()
-                .any(|l| l.starts_with(&name) && l.contains("double") && l.contains("running")),
+            listed.lines().any(|l| l.starts_with(name.as_str())
+                && l.contains("double")
+                && l.contains("running")),
             "{listed}"
         );
-        let (logs, _) = bottle.run(&["logs", &name, "--component", "mitm"]).await?;
+        let (logs, _) = bottle.run(&["logs", name, "--component", "mitm"]).await?;
         ensure!(
             String::from_utf8_lossy(&logs.stdout).contains("bottle addon ready"),
             "{logs:?}"
@@ -360,25 +389,25 @@ async fn the_bottle_binary_starts_a_bottle_a_probe_is_blocked_and_stop_leaves_no
     }
     .await;
 
-    let (stopped, _) = bottle.run(&["stop", &name]).await?;
+    let (stopped, _) = bottle.run(&["stop", name]).await?;
     result?;
     ensure!(code(&stopped) == 0, "{}", stderr(&stopped));
-    assert_nothing_left(&docker, &name, pid).await?;
-    let (again, _) = bottle.run(&["stop", &name]).await?;
+    assert_nothing_left(docker, name, pid).await?;
+    let (again, _) = bottle.run(&["stop", name]).await?;
     ensure!(code(&again) == i32::from(exit::NO_SUCH_BOTTLE));
     Ok(())
 }
 
 #[tokio::test]
 async fn the_bottle_binary_refuses_bad_input_clearly_and_leaves_nothing() -> Result<()> {
-    let docker = bottle::docker::connect().await?;
-    let images = images::ensure(&docker).await?;
-    let bottle = Bottle {
-        binary: bottle_binary()?,
-        double_image: images.fixtures.clone(),
-    };
-    let dir = tempfile::tempdir()?;
-    let name = format!("bad-{}", std::process::id());
+    let test = CliTest::new("bad").await?;
+    let (docker, images, bottle, dir, name) = (
+        &test.docker,
+        &test.images,
+        &test.bottle,
+        &test.dir,
+        &test.name,
+    );
 
     // A bad manifest: the file, the line and the fix.
     let manifest = write_manifest(
@@ -394,7 +423,7 @@ async fn the_bottle_binary_refuses_bad_input_clearly_and_leaves_nothing() -> Res
         err.contains("bottle.toml:3:") && err.contains("fix:"),
         "{err}"
     );
-    assert_nothing_left(&docker, &name, pid).await?;
+    assert_nothing_left(docker, name, pid).await?;
 
     let good = format!(
         "name = \"{name}\"\n[agent]\nimage = \"{}\"\ncommand = [\"true\"]\n",
@@ -421,7 +450,7 @@ async fn the_bottle_binary_refuses_bad_input_clearly_and_leaves_nothing() -> Res
         err.contains("--scanner double") && err.contains("docker load"),
         "{err}"
     );
-    assert_nothing_left(&docker, &name, pid).await?;
+    assert_nothing_left(docker, name, pid).await?;
 
     // An agent image that is not here.
     let missing = good.replace(&images.agent, "bottle-agent:no-such-tag");
@@ -432,7 +461,7 @@ async fn the_bottle_binary_refuses_bad_input_clearly_and_leaves_nothing() -> Res
     let err = stderr(&out);
     ensure!(code(&out) == i32::from(exit::IMAGE_UNAVAILABLE), "{err}");
     ensure!(err.contains("bottle-agent:no-such-tag"), "{err}");
-    assert_nothing_left(&docker, &name, pid).await?;
+    assert_nothing_left(docker, name, pid).await?;
 
     // A dry run starts nothing and shows the reserved block.
     let (out, pid) = bottle
@@ -453,7 +482,7 @@ async fn the_bottle_binary_refuses_bad_input_clearly_and_leaves_nothing() -> Res
         json["egress"]["mitm"] == serde_json::json!({"enabled": true, "ca_fingerprint": null}),
         "{json}"
     );
-    assert_nothing_left(&docker, &name, pid).await
+    assert_nothing_left(docker, name, pid).await
 }
 
 /// An attached start runs the agent command once the CA is in, passes its output and exit code
@@ -461,25 +490,9 @@ async fn the_bottle_binary_refuses_bad_input_clearly_and_leaves_nothing() -> Res
 /// removes the bottle too.
 #[tokio::test]
 async fn an_attached_start_runs_the_agent_then_removes_everything() -> Result<()> {
-    let docker = bottle::docker::connect().await?;
-    let images = images::ensure(&docker).await?;
-    let egress = InternalNetwork::create(&docker, "launcher-egress").await?;
-    let bottle = Bottle {
-        binary: bottle_binary()?,
-        double_image: images.fixtures.clone(),
-    };
-    let dir = tempfile::tempdir()?;
-    let name = format!("attached-{}", std::process::id());
-    let manifest_with = |command: &str| {
-        write_manifest(
-            dir.path(),
-            &format!(
-                "name = \"{name}\"\n[agent]\nimage = \"{}\"\ncommand = {command}\n\
-                 [egress]\nallowlist = [\"api.anthropic.com\"]\nnetwork = \"{}\"\n",
-                images.agent, egress.name
-            ),
-        )
-    };
+    let test = CliTest::new("attached").await?;
+    let (docker, bottle, name) = (&test.docker, &test.bottle, &test.name);
+    let manifest_with = |command: &str| test.manifest(command);
 
     // No terminal: output streamed, the agent's exit code is bottle's.
     let manifest = manifest_with(
@@ -495,7 +508,7 @@ async fn an_attached_start_runs_the_agent_then_removes_everything() -> Result<()
         code(&out),
         stderr(&out)
     );
-    assert_nothing_left(&docker, &name, pid).await?;
+    assert_nothing_left(docker, name, pid).await?;
 
     // A terminal (script(1) gives bottle one): the agent has a TTY.
     let manifest = manifest_with(r#"["sh", "-c", "test -t 0 && echo agent-has-a-tty; exit 3"]"#)?;
@@ -512,7 +525,7 @@ async fn an_attached_start_runs_the_agent_then_removes_everything() -> Result<()
         "exit {}, output {stdout}",
         code(&out)
     );
-    ensure!(!executor::exists(&docker, &name).await?, "left behind");
+    ensure!(!executor::exists(docker, name).await?, "left behind");
 
     // Ctrl-C while the agent runs: everything is removed, exit 130.
     let manifest = manifest_with(r#"["sleep", "infinity"]"#)?;
@@ -552,5 +565,5 @@ async fn an_attached_start_runs_the_agent_then_removes_everything() -> Result<()
         status.code() == Some(i32::from(exit::INTERRUPTED)) && err.contains("interrupted"),
         "{status:?}\n{err}"
     );
-    assert_nothing_left(&docker, &name, pid).await
+    assert_nothing_left(docker, name, pid).await
 }

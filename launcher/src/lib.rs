@@ -1,8 +1,9 @@
 //! bottle: an AI coding agent in a container whose HTTPS egress is decrypted by a per-bottle
 //! mitmproxy and scanned by pipelock before it leaves.
 //!
-//! This library is the one source of truth for what a bottle is; the harness brings bottles up
-//! from it (`plan`). Today it holds the plan, the Docker connection and the locally built images.
+//! This library is the one source of truth for what a bottle is: `bottle.toml` (`manifest`) and
+//! the command line (`launch`) make a `plan`, which the `executor` runs on Docker. The test
+//! harness brings its bottles up through the same plan and executor.
 
 pub mod addon;
 pub mod archive;
