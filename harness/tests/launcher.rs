@@ -529,41 +529,93 @@ async fn an_attached_start_runs_the_agent_then_removes_everything() -> Result<()
 
     // Ctrl-C while the agent runs: everything is removed, exit 130.
     let manifest = manifest_with(r#"["sleep", "infinity"]"#)?;
-    let mut child = tokio::process::Command::new(&bottle.binary)
-        .args(["start", "--scanner", "double", "--manifest", &manifest])
-        .env(bottle::launch::DOUBLE_IMAGE_ENV, &bottle.double_image)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let pid = child.id().context("a child pid")?;
-    // Read stderr to its end: a closed pipe would make bottle's own messages fail.
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().context("stderr")?).lines();
-    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-    let reader = tokio::spawn(async move {
-        let mut started_tx = Some(started_tx);
-        let mut all = String::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.starts_with("claude-bottle: mitm ca fingerprint") {
-                started_tx.take().map(|tx| tx.send(()));
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    tokio::time::timeout(COMMAND_LIMIT, started_rx)
-        .await
-        .context("the bottle never started")?
-        .context("bottle ended before it started")?;
-    // SAFETY: signals a child process of this test.
-    unsafe { libc::kill(pid as i32, libc::SIGINT) };
-    let status = tokio::time::timeout(COMMAND_LIMIT, child.wait()).await??;
-    let err = reader.await?;
+    let mut running = bottle.attached(&manifest).await?;
+    let (status, err) = running.signal(libc::SIGINT).await?;
     ensure!(
         status.code() == Some(i32::from(exit::INTERRUPTED)) && err.contains("interrupted"),
         "{status:?}\n{err}"
     );
-    assert_nothing_left(docker, name, pid).await
+    assert_nothing_left(docker, name, running.pid).await
+}
+
+/// A launcher killed outright leaves its bottle running: `bottle ps` finds it by its labels and
+/// `bottle stop` removes it.
+#[tokio::test]
+async fn a_bottle_left_by_a_killed_launcher_is_listed_and_stopped() -> Result<()> {
+    let test = CliTest::new("crashed").await?;
+    let (docker, bottle, name) = (&test.docker, &test.bottle, &test.name);
+    let manifest = test.manifest(r#"["sleep", "infinity"]"#)?;
+    let mut running = bottle.attached(&manifest).await?;
+    running.signal(libc::SIGKILL).await?;
+    let result = async {
+        ensure!(
+            executor::exists(docker, name).await?,
+            "nothing was left to find"
+        );
+        let (ps, _) = bottle.run(&["ps"]).await?;
+        let listed = String::from_utf8_lossy(&ps.stdout).into_owned();
+        ensure!(
+            listed.lines().any(|l| l.starts_with(name.as_str())),
+            "{listed}"
+        );
+        Ok(())
+    }
+    .await;
+    let (stopped, _) = bottle.run(&["stop", name]).await?;
+    result?;
+    ensure!(code(&stopped) == 0, "{}", stderr(&stopped));
+    ensure!(!executor::exists(docker, name).await?, "left after stop");
+    Ok(())
+}
+
+/// An attached `bottle start` that has started its bottle (the fingerprint line is out).
+struct Attached {
+    child: tokio::process::Child,
+    pid: u32,
+    stderr: tokio::task::JoinHandle<String>,
+}
+
+impl Bottle {
+    async fn attached(&self, manifest: &str) -> Result<Attached> {
+        let mut child = tokio::process::Command::new(&self.binary)
+            .args(["start", "--scanner", "double", "--manifest", manifest])
+            .env(bottle::launch::DOUBLE_IMAGE_ENV, &self.double_image)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = child.id().context("a child pid")?;
+        // Read stderr to its end: a closed pipe would make bottle's own messages fail.
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().context("stderr")?).lines();
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let stderr = tokio::spawn(async move {
+            let mut started_tx = Some(started_tx);
+            let mut all = String::new();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.starts_with("claude-bottle: mitm ca fingerprint") {
+                    started_tx.take().map(|tx| tx.send(()));
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        tokio::time::timeout(COMMAND_LIMIT, started_rx)
+            .await
+            .context("the bottle never started")?
+            .context("bottle ended before it started")?;
+        Ok(Attached { child, pid, stderr })
+    }
+}
+
+impl Attached {
+    /// Sends `signal` and waits for the launcher to end: its status and everything on stderr.
+    async fn signal(&mut self, signal: i32) -> Result<(std::process::ExitStatus, String)> {
+        // SAFETY: signals a child process of this test.
+        unsafe { libc::kill(self.pid as i32, signal) };
+        let status = tokio::time::timeout(COMMAND_LIMIT, self.child.wait()).await??;
+        let err = (&mut self.stderr).await?;
+        Ok((status, err))
+    }
 }

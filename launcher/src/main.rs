@@ -224,13 +224,15 @@ async fn dry_run_start(request: &StartRequest, format: Format) -> Result<u8, Lau
 }
 
 async fn start(request: &StartRequest, detach: bool) -> Result<u8, LaunchError> {
-    let mut interrupts = Interrupts::listen();
     let resolved = request.manifest.resolve(|name| std::env::var(name).ok())?;
     let docker = bottle::docker::connect().await?;
     if request.scanner == ScannerKind::Double {
         eprintln!("{}", render::DOUBLE_WARNING);
     }
+    // Ctrl-C while images build stops bottle at once (nothing of the bottle exists yet); from
+    // here on it removes what the start made.
     let images = launch::ensure_images(&docker, request).await?;
+    let mut interrupts = Interrupts::listen();
     let plan = plan::plan(&launch::spec(request, resolved, images)?)?;
     let tty = !detach && attach::stdin_is_terminal();
     let options = StartOptions {
