@@ -314,25 +314,22 @@ async fn ps() -> Result<u8, LaunchError> {
     let docker = bottle::docker::connect().await?;
     let bottles = executor::list(&docker).await?;
     println!(
-        "{:<24} {:<9} {:<12} {:<12} {:<12} NETWORKS",
-        "NAME", "SCANNER", "AGENT", "MITM", "SCANNER"
+        "{:<28} {:<9} {:<32} NETWORKS",
+        "NAME", "SCANNER", "STATE (agent/mitm/scanner)"
     );
     for bottle in bottles {
-        let state = |role| {
-            bottle
-                .containers
-                .get(role)
-                .cloned()
-                .unwrap_or_else(|| "-".into())
-        };
+        let state = ["agent", "mitm", "scanner"]
+            .map(|role| {
+                bottle
+                    .containers
+                    .get(role)
+                    .map(String::as_str)
+                    .unwrap_or("-")
+            })
+            .join("/");
         println!(
-            "{:<24} {:<9} {:<12} {:<12} {:<12} {}",
-            bottle.name,
-            bottle.scanner,
-            state("agent"),
-            state("mitm"),
-            state("scanner"),
-            bottle.networks
+            "{:<28} {:<9} {:<32} {}",
+            bottle.name, bottle.scanner, state, bottle.networks
         );
     }
     Ok(0)
