@@ -391,16 +391,27 @@ class BottleAddon:
             server.address = (addresses[0], port)
 
     def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
-        self._unpin(data.server)
+        # Back to the name, so that later requests to it on this client connection reuse this
+        # connection: mitmproxy matches connections by `address`, and without this every request
+        # opens (and checks) a new one, and the sixth waits for one of the first five to close
+        # (mitmproxy allows 5 open connections per address and client connection).
+        original = self._pinned.pop(data.server.id, None)
+        if original is not None:
+            # mitmproxy refuses `server.address = ...` on an open connection, because the
+            # assignment does not move the socket. That is exactly what is wanted here: the socket
+            # stays connected to the address that was checked. mitmproxy connects to `address`
+            # only in `open_connection`, right after `server_connect` (which checks and pins
+            # again); TLS uses `sni`. On an open connection `address` only matches later requests
+            # to it and names it in logs. So the guard is bypassed for this one attribute of this
+            # one connection, restoring the value mitmproxy itself gave it.
+            object.__setattr__(data.server, "address", original)
 
     def server_connect_error(self, data: server_hooks.ServerConnectionHookData) -> None:
-        self._unpin(data.server)
-
-    def _unpin(self, server: Any) -> None:
-        # Back to the name, so mitmproxy reuses the connection for later requests to that name.
-        original = self._pinned.pop(server.id, None)
+        # The connection never opened: back to the name, so mitmproxy answers later requests to
+        # it with this error, as it does without the addon.
+        original = self._pinned.pop(data.server.id, None)
         if original is not None:
-            server.address = original
+            data.server.address = original
 
     # --- responses and the record ------------------------------------------------------------
 

@@ -3,14 +3,15 @@ SSE streaming and the decision record."""
 
 import asyncio
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from flows import SAFE, context, https_flow, upstream_response
-from mitmproxy import exceptions
+from mitmproxy import connection, exceptions
+from mitmproxy.proxy import server_hooks
+from mitmproxy.test import tflow
 
 from bottle_addon import hooks, scanner
 from bottle_addon.verdict import ScannerAnswer
@@ -392,9 +393,13 @@ async def test_the_addons_own_answers_are_not_killed(
     assert records(log)[0]["reason"] != "no_verdict"
 
 
-def server(host: str, tls: bool = True) -> Any:
-    """The part of mitmproxy's Server the connect hooks use."""
-    return SimpleNamespace(id="conn-1", address=(host, 443), tls=tls, sni=None, error=None)
+def server(host: str, port: int = 443, tls: bool = True) -> connection.Server:
+    """A server connection as mitmproxy hands it to `server_connect`: not yet open."""
+    return connection.Server(address=(host, port), tls=tls)
+
+
+def connect_hook(conn: connection.Server) -> Any:
+    return server_hooks.ServerConnectionHookData(server=conn, client=tflow.tclient_conn())
 
 
 async def test_a_private_upstream_address_is_refused_at_connect(
@@ -403,21 +408,20 @@ async def test_a_private_upstream_address_is_refused_at_connect(
     bottle, _ = addon
     for host in ("10.0.0.7", "localhost"):
         conn = server(host)
-        await bottle.server_connect(SimpleNamespace(server=conn))
+        await bottle.server_connect(connect_hook(conn))
         assert conn.error is not None
         assert "private or internal address" in conn.error
+        assert conn.address == (host, 443)
 
 
-async def test_the_connection_is_pinned_to_the_checked_address_then_unpinned(
-    tmp_path: Path,
-) -> None:
+@pytest.fixture
+async def loopback_allowed() -> AsyncIterator[hooks.BottleAddon]:
+    """An addon that allows 127.0.0.0/8, with `localhost` resolving to 127.0.0.1 only."""
     bottle = hooks.BottleAddon()
     with context(bottle) as tctx:
         tctx.configure(
             bottle, **SAFE, bottle_pipelock_url="http://p:8888", bottle_ssrf_allow=["127.0.0.0/8"]
         )
-        conn = server("localhost")
-        conn.address = ("localhost", 8443)
         loop = asyncio.get_running_loop()
         original = loop.getaddrinfo
 
@@ -426,10 +430,55 @@ async def test_the_connection_is_pinned_to_the_checked_address_then_unpinned(
 
         loop.getaddrinfo = only_v4  # type: ignore[method-assign]
         try:
-            await bottle.server_connect(SimpleNamespace(server=conn))
+            yield bottle
         finally:
             loop.getaddrinfo = original  # type: ignore[method-assign]
-        assert conn.error is None
-        assert (conn.address, conn.sni) == (("127.0.0.1", 8443), "localhost")
-        bottle.server_connected(SimpleNamespace(server=conn))
-        assert conn.address == ("localhost", 8443)
+
+
+async def test_the_connection_is_pinned_to_the_checked_address_then_named_again(
+    loopback_allowed: hooks.BottleAddon,
+) -> None:
+    bottle = loopback_allowed
+    conn = server("localhost", 8443)
+    await bottle.server_connect(connect_hook(conn))
+    assert conn.error is None
+    # mitmproxy opens the socket to `address`: the checked IP, with the host name as SNI.
+    assert (conn.address, conn.sni) == (("127.0.0.1", 8443), "localhost")
+    # ... and then marks the connection open, as mitmproxy's server does before
+    # `server_connected`; from then on mitmproxy refuses a plain assignment to `address`.
+    conn.state = connection.ConnectionState.OPEN
+    conn.peername = ("127.0.0.1", 8443)
+    with pytest.raises(RuntimeError, match="open connection"):
+        conn.address = ("localhost", 8443)
+    bottle.server_connected(connect_hook(conn))
+    # The name again, so later requests to it match this connection; the socket is unchanged.
+    assert (conn.address, conn.peername, conn.sni) == (
+        ("localhost", 8443),
+        ("127.0.0.1", 8443),
+        "localhost",
+    )
+    assert conn.state is connection.ConnectionState.OPEN
+    assert bottle._pinned == {}
+
+
+async def test_a_pinned_connection_that_fails_is_named_again(
+    loopback_allowed: hooks.BottleAddon,
+) -> None:
+    bottle = loopback_allowed
+    conn = server("localhost", 8443)
+    await bottle.server_connect(connect_hook(conn))
+    assert conn.address == ("127.0.0.1", 8443)
+    conn.error = "Connection refused"  # as mitmproxy's server sets it; the socket never opened
+    bottle.server_connect_error(connect_hook(conn))
+    assert conn.address == ("localhost", 8443)
+    assert bottle._pinned == {}
+
+
+async def test_an_ip_literal_is_not_pinned(loopback_allowed: hooks.BottleAddon) -> None:
+    bottle = loopback_allowed
+    conn = server("127.0.0.1", 8443)
+    await bottle.server_connect(connect_hook(conn))
+    assert (conn.error, conn.address, bottle._pinned) == (None, ("127.0.0.1", 8443), {})
+    conn.state = connection.ConnectionState.OPEN
+    bottle.server_connected(connect_hook(conn))
+    assert conn.address == ("127.0.0.1", 8443)

@@ -107,6 +107,10 @@ def make_chain(
     factory = ChainFactory(launcher, upstream, scanner, shared_processes)
     yield factory
     factory.finish()
+    # A hook that raises is a bug even when the test's own checks passed.
+    errors = factory.addon_errors()
+    if errors:
+        pytest.fail("mitmdump logged addon errors:\n" + "\n".join(errors))
 
 
 @pytest.fixture

@@ -4,13 +4,15 @@ A real `mitmdump -s addon.py` runs as a subprocess; everything it talks to is st
 reached over loopback sockets:
 
 - `Pki`: a throwaway root CA and a leaf for `localhost` / `127.0.0.1` (the stub upstream's cert).
-- `Upstream`: a TLS HTTP/1.1 server recording every accepted TCP connection (with its SNI) and
-  every request; `/sse` streams five events 0.4 s apart, anything else answers 200 JSON.
+- `Upstream`: a TLS HTTP/1.1 server (optionally h2 too, by ALPN) recording every accepted TCP
+  connection (with its SNI and ALPN) and every request; `/sse` streams five events 0.4 s apart
+  (HTTP/1.1), anything else answers 200 JSON.
 - `Scanner`: a plain HTTP/1.1 server standing in for pipelock's forward proxy, programmable per
   test (`Respond`, `Hang`, `Reset`, `Close`, `Garbage`) and recording every request.
 - `Mitm`: one mitmdump process, its output and its decision log.
-- Clients: `h1_request` (CONNECT + TLS + h11, any Host header) and `h2_requests` (CONNECT + TLS
-  with ALPN h2, many concurrent streams on one connection), both timestamping what they read.
+- Clients: `h1_request` (CONNECT + TLS + h11, any Host header), `h1_session` (several requests on
+  one kept-alive connection) and `h2_requests` (CONNECT + TLS with ALPN h2, many streams on one
+  connection, concurrent or one after another), all timestamping what they read.
 """
 
 from __future__ import annotations
@@ -268,6 +270,7 @@ class UpstreamConnection:
     accepted_at: float
     sni: str | None = None
     tls_ok: bool = False
+    alpn: str | None = None
 
 
 @dataclass
@@ -285,9 +288,10 @@ SSE_INTERVAL_S = 0.4
 
 
 class Upstream(_Server):
-    """TLS (HTTP/1.1 only) origin. Records connections at accept time, before any handshake."""
+    """TLS origin, HTTP/1.1 only unless `h2` (then h2 when the client offers it). Records
+    connections at accept time, before any handshake."""
 
-    def __init__(self, pki: Pki, port: int = 0, *, tls: bool = True) -> None:
+    def __init__(self, pki: Pki, port: int = 0, *, tls: bool = True, h2: bool = False) -> None:
         super().__init__(port)
         self.tls = tls
         self.connections: list[UpstreamConnection] = []
@@ -295,7 +299,7 @@ class Upstream(_Server):
         self._sni: dict[int, str] = {}
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(pki.cert_pem, pki.key_pem)
-        self.ctx.set_alpn_protocols(["http/1.1"])
+        self.ctx.set_alpn_protocols(["h2", "http/1.1"] if h2 else ["http/1.1"])
         self.ctx.sni_callback = self._on_sni
 
     def reset(self) -> None:
@@ -316,11 +320,15 @@ class Upstream(_Server):
             tls: socket.socket = self.ctx.wrap_socket(sock, server_side=True)
             record.sni = self._sni.get(id(tls))
             record.tls_ok = True
+            record.alpn = tls.selected_alpn_protocol()
         else:
             tls = sock
         with self.lock:
             self._open.add(tls)
         try:
+            if record.alpn == "h2":
+                self._serve_h2(tls, record)
+                return
             conn = h11.Connection(h11.SERVER)
             while True:
                 got = _h11_read_request(conn, tls)
@@ -363,6 +371,56 @@ class Upstream(_Server):
                 self._open.discard(tls)
             with contextlib.suppress(OSError):
                 tls.close()
+
+    def _serve_h2(self, tls: socket.socket, record: UpstreamConnection) -> None:
+        """Answers every h2 stream 200 JSON once it ended (no SSE, no trailers)."""
+        conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
+        )
+        conn.initiate_connection()
+        tls.sendall(conn.data_to_send())
+        heads: dict[int, Headers] = {}
+        bodies: dict[int, bytearray] = {}
+        while True:
+            data = tls.recv(65536)
+            if not data:
+                return
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.RequestReceived):
+                    heads[ev.stream_id] = [(str(k), str(v)) for k, v in ev.headers]
+                    bodies[ev.stream_id] = bytearray()
+                elif isinstance(ev, h2.events.DataReceived):
+                    bodies[ev.stream_id] += ev.data
+                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    hs = heads.pop(ev.stream_id)
+                    ureq = UpstreamRequest(
+                        method=header(hs, ":method") or "",
+                        target=header(hs, ":path") or "",
+                        headers=[(k, v) for k, v in hs if not k.startswith(":")],
+                        body=bytes(bodies.pop(ev.stream_id)),
+                        sni=record.sni,
+                        at=time.monotonic(),
+                    )
+                    with self.lock:
+                        self.requests.append(ureq)
+                    payload = json.dumps(
+                        {"ok": True, "method": ureq.method, "target": ureq.target}
+                    ).encode()
+                    conn.send_headers(
+                        ev.stream_id,
+                        [
+                            (":status", "200"),
+                            ("content-type", "application/json"),
+                            ("content-length", str(len(payload))),
+                        ],
+                    )
+                    conn.send_data(ev.stream_id, payload, end_stream=True)
+                elif isinstance(ev, h2.events.ConnectionTerminated):
+                    return
+            out = conn.data_to_send()
+            if out:
+                tls.sendall(out)
 
     def _serve_sse(self, conn: h11.Connection, tls: socket.socket) -> None:
         tls.sendall(
@@ -849,8 +907,10 @@ def h2_requests(
     *,
     sni: str | None = None,
     timeout: float = 10.0,
+    sequential: bool = False,
 ) -> list[Response]:
-    """All `reqs` as concurrent streams on one h2 connection through one CONNECT tunnel."""
+    """All `reqs` as streams on one h2 connection through one CONNECT tunnel: concurrent, or
+    with `sequential` each one sent only after the one before it ended."""
     authority = f"{host}:{port}"
     started = time.monotonic()
     raw, status = open_tunnel(proxy_port, authority, timeout)
@@ -868,7 +928,9 @@ def h2_requests(
         conn.increment_flow_control_window(1 << 24)
         by_stream: dict[int, Response] = {}
         order: list[int] = []
-        for r in reqs:
+        pending: set[int] = set()
+
+        def send(r: H2Req) -> None:
             sid = conn.get_next_available_stream_id()
             hs = [
                 (":method", r.method),
@@ -886,39 +948,52 @@ def h2_requests(
             if r.trailers:
                 conn.send_headers(sid, list(r.trailers), end_stream=True)
             by_stream[sid] = Response(
-                status=0, headers=[], body=b"", started=started, http_version="HTTP/2.0"
+                status=0,
+                headers=[],
+                body=b"",
+                started=time.monotonic() if sequential else started,
+                http_version="HTTP/2.0",
             )
             order.append(sid)
-        tls.sendall(conn.data_to_send())
-        pending = set(order)
-        while pending:
-            data = tls.recv(65536)
-            if not data:
-                raise ConnectionError(f"proxy closed the h2 connection; open streams {pending}")
-            for ev in conn.receive_data(data):
-                if isinstance(ev, h2.events.ResponseReceived):
-                    resp = by_stream[ev.stream_id]
-                    hdrs = [(str(k), str(v)) for k, v in ev.headers]
-                    resp.status = int(header(hdrs, ":status") or 0)
-                    resp.headers = [(k, v) for k, v in hdrs if not k.startswith(":")]
-                    resp.got_headers = time.monotonic()
-                elif isinstance(ev, h2.events.DataReceived):
-                    resp = by_stream[ev.stream_id]
-                    resp.chunks.append((time.monotonic(), bytes(ev.data)))
-                    resp.body += ev.data
-                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-                elif isinstance(ev, h2.events.TrailersReceived):
-                    by_stream[ev.stream_id].trailers = [(str(k), str(v)) for k, v in ev.headers]
-                elif isinstance(ev, h2.events.StreamEnded):
-                    pending.discard(ev.stream_id)
-                elif isinstance(ev, h2.events.StreamReset):
-                    pending.discard(ev.stream_id)
-                    by_stream[ev.stream_id].status = -1
-                elif isinstance(ev, h2.events.ConnectionTerminated):
-                    raise ConnectionError(f"h2 GOAWAY {ev.error_code}; open streams {pending}")
-            out = conn.data_to_send()
-            if out:
-                tls.sendall(out)
+            pending.add(sid)
+
+        def receive_until_done() -> None:
+            tls.sendall(conn.data_to_send())
+            while pending:
+                data = tls.recv(65536)
+                if not data:
+                    raise ConnectionError(f"proxy closed the h2 connection; open streams {pending}")
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.ResponseReceived):
+                        resp = by_stream[ev.stream_id]
+                        hdrs = [(str(k), str(v)) for k, v in ev.headers]
+                        resp.status = int(header(hdrs, ":status") or 0)
+                        resp.headers = [(k, v) for k, v in hdrs if not k.startswith(":")]
+                        resp.got_headers = time.monotonic()
+                    elif isinstance(ev, h2.events.DataReceived):
+                        resp = by_stream[ev.stream_id]
+                        resp.chunks.append((time.monotonic(), bytes(ev.data)))
+                        resp.body += ev.data
+                        conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    elif isinstance(ev, h2.events.TrailersReceived):
+                        trailers = [(str(k), str(v)) for k, v in ev.headers]
+                        by_stream[ev.stream_id].trailers = trailers
+                    elif isinstance(ev, h2.events.StreamEnded):
+                        pending.discard(ev.stream_id)
+                    elif isinstance(ev, h2.events.StreamReset):
+                        pending.discard(ev.stream_id)
+                        by_stream[ev.stream_id].status = -1
+                    elif isinstance(ev, h2.events.ConnectionTerminated):
+                        raise ConnectionError(f"h2 GOAWAY {ev.error_code}; open streams {pending}")
+                out = conn.data_to_send()
+                if out:
+                    tls.sendall(out)
+
+        for r in reqs:
+            send(r)
+            if sequential:
+                receive_until_done()
+        receive_until_done()
         return [by_stream[s] for s in order]
     finally:
         with contextlib.suppress(OSError):
@@ -1088,6 +1163,7 @@ class Chain:
         sni: str | None = None,
         timeout: float = 10.0,
         port: int | None = None,
+        sequential: bool = False,
     ) -> list[Response]:
         return h2_requests(
             self.mitm.port,
@@ -1097,6 +1173,7 @@ class Chain:
             reqs,
             sni=sni,
             timeout=timeout,
+            sequential=sequential,
         )
 
     def url(self, path: str, host: str = "localhost") -> str:
@@ -1166,3 +1243,12 @@ class ChainFactory:
             print(f"----- mitmdump {' '.join(m.argv)}\n{m.output}\n----- decisions")
             for rec in m.decisions():
                 print(json.dumps(rec))
+
+    def addon_errors(self) -> list[str]:
+        """mitmproxy's `Addon error` lines (a hook raised) in this test's output."""
+        return [
+            line
+            for m in dict.fromkeys(self.handed)
+            for line in m.output.splitlines()
+            if "Addon error" in line
+        ]
