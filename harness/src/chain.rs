@@ -96,26 +96,16 @@ impl BottleGuard {
 impl Drop for BottleGuard {
     fn drop(&mut self) {
         let Some(name) = self.name.take() else { return };
-        // Drop cannot await: a short-lived runtime on another thread does the removal.
         let docker = self.docker.clone();
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for bottle removal")
-                .block_on(executor::remove(&docker, &name))
-        })
-        .join();
+        run::block_on_thread(async move {
+            executor::remove(&docker, &name).await;
+        });
     }
 }
 
 fn image(tag: &str) -> GenericImage {
     let (repo, version) = tag.split_once(':').expect("tags are repo:hash");
     GenericImage::new(repo, version)
-}
-
-fn role_key(role: Role) -> &'static str {
-    executor::role_name(role)
 }
 
 fn upstream_name(bottle: &str) -> String {
@@ -221,7 +211,7 @@ impl Chain {
         .await?;
         let mut ids = HashMap::from([("upstream", upstream.id().to_string())]);
         for (role, id) in &running.ids {
-            ids.insert(role_key(*role), id.clone());
+            ids.insert(executor::role_name(*role), id.clone());
         }
         Ok(Chain {
             docker: docker.clone(),
@@ -259,7 +249,7 @@ impl Chain {
         let mut plan = plan::plan(&spec(name, images, &options, &internet, &subnet, &root_pem))?;
         let mut ids = HashMap::from([("upstream", upstream_name.clone())]);
         for container in &plan.containers {
-            ids.insert(role_key(container.role), container.name.clone());
+            ids.insert(executor::role_name(container.role), container.name.clone());
         }
         let mitm = plan.container(Role::Mitm).name.clone();
         let cat_cert = ["cat", plan.ca.mitm_cert.as_str()];
@@ -309,7 +299,7 @@ impl Chain {
     }
 
     pub fn id(&self, role: Role) -> &str {
-        &self.ids[role_key(role)]
+        &self.ids[executor::role_name(role)]
     }
 
     pub fn upstream_id(&self) -> &str {

@@ -45,17 +45,8 @@ impl InternalNetwork {
 
 impl Drop for InternalNetwork {
     fn drop(&mut self) {
-        // Drop cannot await; a short-lived runtime on another thread does the removal, so this
-        // works from inside a Tokio runtime and after it (e.g. while a panic unwinds).
         let (docker, name) = (self.docker.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for network removal");
-            rt.block_on(remove_with_containers(&docker, &name));
-        })
-        .join();
+        run::block_on_thread(async move { remove_with_containers(&docker, &name).await });
     }
 }
 

@@ -20,3 +20,19 @@ pub fn unique(prefix: &str) -> String {
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// Runs `work` to its end on a short-lived runtime on another thread: how `Drop` removes what a
+/// test made, from inside a Tokio runtime or after it (e.g. while a panic unwinds).
+pub fn block_on_thread<F>(work: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let _ = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for removal")
+            .block_on(work)
+    })
+    .join();
+}

@@ -7,14 +7,7 @@ use bollard::query_parameters::{AttachContainerOptionsBuilder, ResizeContainerTT
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
-use crate::executor::StartError;
-
-fn engine(context: &str) -> impl FnOnce(bollard::errors::Error) -> StartError + '_ {
-    move |source| StartError::Engine {
-        context: context.to_string(),
-        source,
-    }
-}
+use crate::executor::{StartError, engine};
 
 /// Whether stdin is a terminal (then the agent gets a TTY).
 pub fn stdin_is_terminal() -> bool {

@@ -105,7 +105,9 @@ pub enum StartError {
     Leftover(String),
 }
 
-fn engine(context: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> StartError {
+pub(crate) fn engine(
+    context: impl Into<String>,
+) -> impl FnOnce(bollard::errors::Error) -> StartError {
     let context = context.into();
     move |source| StartError::Engine { context, source }
 }
@@ -149,8 +151,6 @@ impl Default for StartOptions {
 pub struct Running {
     pub plan: BottlePlan,
     pub ids: HashMap<Role, String>,
-    /// The agent's container's own CA certificate (PEM), as installed.
-    pub ca_pem: String,
 }
 
 /// Starts the bottle; on any error everything it made is removed before the error returns.
@@ -183,11 +183,7 @@ async fn start_steps(
     };
     let mut labels = options.extra_labels.clone();
     labels.extend(plan.labels.clone());
-    let step = |label: String| {
-        options
-            .progress
-            .then(|| crate::progress::Step::start(label))
-    };
+    let step = |label: String| crate::progress::Step::start_if(options.progress, label);
 
     let networks_step = step(format!("creating the networks of bottle {}", plan.name));
     for network in plan.networks.iter().filter(|n| n.create) {
@@ -201,9 +197,7 @@ async fn start_steps(
             .await
             .map_err(engine(format!("creating network {}", network.name)))?;
     }
-    if let Some(shown) = networks_step {
-        shown.done();
-    }
+    networks_step.done();
     check(Step::Networks)?;
 
     // The containers start together (nothing in one needs another up to start); every start
@@ -217,9 +211,7 @@ async fn start_steps(
                 let shown = step(format!("starting {} ({})", container.name, container.image));
                 let tty = container.role == Role::Agent && options.agent_tty;
                 let id = start_container(docker, plan, container, labels, tty, options).await?;
-                if let Some(shown) = shown {
-                    shown.done();
-                }
+                shown.done();
                 check(at)?;
                 Ok::<_, StartError>((container.role, id))
             }),
@@ -233,13 +225,11 @@ async fn start_steps(
 
     let shown = step("installing mitmproxy's CA in the agent".into());
     let ca_pem = provision_ca(docker, plan, options.ca_timeout).await?;
-    if let Some(shown) = shown {
-        shown.done();
-    }
+    shown.done();
     check(Step::Ca)?;
     let mut plan = plan.clone();
     plan.egress.mitm.ca_fingerprint = Some(fingerprint(&ca_pem).map_err(io("mitmproxy's CA"))?);
-    Ok(Running { plan, ids, ca_pem })
+    Ok(Running { plan, ids })
 }
 
 async fn image_present(docker: &Docker, image: &str) -> Result<(), StartError> {
@@ -311,16 +301,7 @@ async fn start_container(
             e => engine(format!("creating container {}", plan.name))(e),
         })?;
     if !plan.files.is_empty() {
-        let archive = crate::archive::of_files(&plan.files)
-            .map_err(io(format!("packing the files of {}", plan.name)))?;
-        docker
-            .upload_to_container(
-                &created.id,
-                Some(UploadToContainerOptionsBuilder::new().path("/").build()),
-                bollard::body_full(archive.into()),
-            )
-            .await
-            .map_err(engine(format!("copying files into {}", plan.name)))?;
+        upload(docker, &created.id, &plan.name, &plan.files).await?;
     }
     for attachment in rest {
         docker
@@ -470,20 +451,12 @@ async fn provision_ca(
     let staged = stage.path().join("mitm-ca.crt");
     std::fs::write(&staged, &pem).map_err(io("staging mitmproxy's CA"))?;
     let text = std::fs::read_to_string(&staged).map_err(io("reading the staged CA"))?;
-    let archive = crate::archive::of_files(&[plan::FilePlan {
+    let file = plan::FilePlan {
         path: ca.agent_path.clone(),
         contents: plan::FileContents::Text(text.clone()),
         mode: ca.mode,
-    }])
-    .map_err(io("packing the CA"))?;
-    docker
-        .upload_to_container(
-            agent,
-            Some(UploadToContainerOptionsBuilder::new().path("/").build()),
-            bollard::body_full(archive.into()),
-        )
-        .await
-        .map_err(engine(format!("copying the CA into {agent}")))?;
+    };
+    upload(docker, agent, agent, &[file]).await?;
     let chmod = vec![
         "chmod".to_string(),
         format!("{:o}", ca.mode),
@@ -504,6 +477,25 @@ async fn provision_ca(
         }
     }
     Ok(text)
+}
+
+/// Puts `files` into the container `id` (called `name` in errors), as one archive.
+async fn upload(
+    docker: &Docker,
+    id: &str,
+    name: &str,
+    files: &[plan::FilePlan],
+) -> Result<(), StartError> {
+    let archive =
+        crate::archive::of_files(files).map_err(io(format!("packing the files of {name}")))?;
+    docker
+        .upload_to_container(
+            id,
+            Some(UploadToContainerOptionsBuilder::new().path("/").build()),
+            bollard::body_full(archive.into()),
+        )
+        .await
+        .map_err(engine(format!("copying files into {name}")))
 }
 
 /// A single file out of a container (Docker's archive download).

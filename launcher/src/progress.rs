@@ -7,24 +7,39 @@ use std::time::Instant;
 pub struct Step {
     label: String,
     started: Instant,
+    shown: bool,
 }
 
 impl Step {
     pub fn start(label: impl Into<String>) -> Self {
+        Self::start_if(true, label)
+    }
+
+    /// A step that prints only when `shown` (callers whose output is not for people, e.g. the
+    /// test harness, stay quiet).
+    pub fn start_if(shown: bool, label: impl Into<String>) -> Self {
         let label = label.into();
-        eprintln!("[bottle] {label} ...");
+        if shown {
+            eprintln!("[bottle] {label} ...");
+        }
         Step {
             label,
             started: Instant::now(),
+            shown,
         }
     }
 
     /// A line of detail inside the step (a build step, a download).
     pub fn detail(&self, line: &str) {
-        eprintln!("[bottle]   {line}");
+        if self.shown {
+            eprintln!("[bottle]   {line}");
+        }
     }
 
     pub fn done(self) {
+        if !self.shown {
+            return;
+        }
         eprintln!(
             "[bottle] {} done in {:.1}s",
             self.label,
