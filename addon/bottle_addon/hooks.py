@@ -7,15 +7,17 @@ import logging
 import os
 import socket
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import certifi
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.connection import Client
 from mitmproxy.net import tls as net_tls
-from mitmproxy.proxy import server_hooks
+from mitmproxy.proxy import layer, server_hooks
 
-from . import credentials, policy, record, scanner, ssrf, trust, verdict
+from . import credentials, layers, policy, record, scanner, ssrf, trust, verdict
 
 logger = logging.getLogger("bottle")
 
@@ -77,6 +79,11 @@ class BottleAddon:
         self._pinned: dict[str, tuple[str, int]] = {}
         # The combined trust bundle this addon wrote and gave mitmproxy, if any.
         self.trust_bundle: str | None = None
+        self.connect_ports: policy.Ports = policy.Ports.parse(policy.DEFAULT_CONNECT_PORTS)
+        self.http_ports: policy.Ports = policy.Ports.parse(policy.DEFAULT_HTTP_PORTS)
+        # Client connection id -> the (host, port)s a verdict allowed a request to on it: the
+        # only server connections it may open (and the only names looked up for it).
+        self._allowed_targets: dict[str, set[tuple[str, int]]] = {}
 
     def load(self, loader: Any) -> None:
         loader.add_option(
@@ -116,6 +123,18 @@ class BottleAddon:
             "JSON file of per-host credential bindings (see addon/README.md).",
         )
         loader.add_option(
+            "bottle_connect_ports",
+            str,
+            policy.DEFAULT_CONNECT_PORTS,
+            "Ports a CONNECT may name (comma-separated ports or ranges, e.g. 443,8443).",
+        )
+        loader.add_option(
+            "bottle_http_ports",
+            str,
+            policy.DEFAULT_HTTP_PORTS,
+            "Ports a plain http:// request may name (comma-separated ports or ranges).",
+        )
+        loader.add_option(
             "bottle_upstream_ca",
             str,
             "",
@@ -148,6 +167,12 @@ class BottleAddon:
             self.scanner.close()
         self.scanner = scanner.Scanner(endpoint, options.bottle_verdict_timeout_ms / 1000)
         self.bindings = self._load_bindings(options.bottle_credentials)
+        for name in ("bottle_connect_ports", "bottle_http_ports"):
+            try:
+                ports = policy.Ports.parse(getattr(options, name))
+            except ValueError as e:
+                raise exceptions.OptionsError(f"bottle: {name}: {e}") from None
+            setattr(self, name.removeprefix("bottle_"), ports)
         try:
             self.ssrf_allowed = ssrf.parse_allowlist(options.bottle_ssrf_allow)
         except ValueError as e:
@@ -292,7 +317,10 @@ class BottleAddon:
         assert self.scanner is not None
         view = request_view(flow)
         cleared = policy.check(
-            view, max_body_bytes=ctx.options.bottle_max_body_bytes, bindings=self.bindings
+            view,
+            max_body_bytes=ctx.options.bottle_max_body_bytes,
+            bindings=self.bindings,
+            ports={"https": self.connect_ports, "http": self.http_ports},
         )
         if isinstance(cleared, policy.Block):
             state.update(decided_by="addon", reason=cleared.code, detail=cleared.message)
@@ -330,6 +358,9 @@ class BottleAddon:
         }
         if decision.kind is verdict.Kind.ALLOW:
             state.update(decided_by="pipelock", verdict="allow", reason=None)
+            self._allowed_targets.setdefault(flow.client_conn.id, set()).add(
+                (policy.normalise_host(view.host), view.port)
+            )
         elif decision.kind is verdict.Kind.BLOCK:
             state.update(decided_by="pipelock", reason=decision.reason, answered=True)
             assert decision.status is not None
@@ -354,12 +385,88 @@ class BottleAddon:
             flow.id,
         )
 
+    # --- what a connection may carry (addon/README.md, "Only judged HTTP leaves") ----------
+
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        try:
+            if nextlayer.layer is not None:
+                # Only this addon chooses; a choice made elsewhere was never checked.
+                why = f"another addon chose {nextlayer.layer!r}"
+                chosen, problem = layers.Refused(nextlayer.context, why), why
+            else:
+                chosen, problem = layers.decide(nextlayer.context, nextlayer.data_client())
+        except Exception as e:  # any doubt refuses the connection
+            logger.exception("bottle: choosing a layer failed")
+            chosen, problem = layers.Refused(nextlayer.context, repr(e)), repr(e)
+        nextlayer.layer = chosen
+        if problem is not None:
+            self._record_refused_connection(nextlayer.context, problem)
+
+    def _record_refused_connection(self, context: Any, problem: str) -> None:
+        server = context.server.address
+        logger.warning(
+            "bottle: refused a connection from %s (to %s): %s",
+            _address(context.client.peername),
+            _address(server),
+            problem,
+        )
+        if self.log is None:
+            return
+        try:
+            self.log.write(
+                {
+                    "event": "bottle_decision",
+                    "id": str(uuid.uuid4()),
+                    "time": record.timestamp(time.time()),
+                    "client": _address(context.client.peername),
+                    "method": None,
+                    "url": None,
+                    "host": server[0] if server else None,
+                    "sni": context.client.sni,
+                    "http_version": None,
+                    "verdict": "block",
+                    "decided_by": "addon",
+                    "reason": "layer_refused",
+                    "detail": problem,
+                    "scanner": None,
+                    "status": None,
+                    "duration_ms": None,
+                    "bytes": None,
+                    "credential": None,
+                    "error": None,
+                }
+            )
+        except Exception:
+            logger.exception("bottle: writing the decision record of a refused connection failed")
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        state = _state(flow)
+        try:
+            problem = policy.connect_problem(
+                port=flow.request.port,
+                in_tls=flow.client_conn.tls_established,
+                connect_ports=self.connect_ports,
+            )
+        except Exception as e:
+            problem = policy.Block("verdict_unavailable", f"the CONNECT check failed: {e}")
+        if problem is None:
+            return
+        state.update(verdict="block", decided_by="addon", reason=problem.code)
+        state.update(detail=problem.message, answered=True)
+        flow.response = _bottle_response(403, problem.code, problem.message, flow.id)
+
+    def http_connect_error(self, flow: http.HTTPFlow) -> None:
+        self._finish(flow)
+
+    def client_disconnected(self, client: Client) -> None:
+        self._allowed_targets.pop(client.id, None)
+
     # --- where mitmproxy connects -------------------------------------------------------------
 
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         server = data.server
         try:
-            await self._check_and_pin(server)
+            await self._check_and_pin(server, data.client)
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -367,10 +474,20 @@ class BottleAddon:
         if server.error:
             logger.warning("bottle: refused a connection to %s: %s", server.address, server.error)
 
-    async def _check_and_pin(self, server: Any) -> None:
+    async def _check_and_pin(self, server: Any, client: Any) -> None:
         if not server.address:
+            server.error = "bottle: blocked: a server connection without an address"
             return
         host, port = server.address
+        # Before any name is looked up: a server connection exists only for a request a verdict
+        # allowed, to that request's host and port. Anything else mitmproxy would open (a DNS
+        # relay, an eager or TLS-first connect, a layer this addon did not choose) is refused.
+        allowed = self._allowed_targets.get(client.id, set())
+        if (policy.normalise_host(host), port) not in allowed:
+            server.error = (
+                f"bottle: blocked: no allowed request to {host}:{port} on this connection"
+            )
+            return
         if ssrf.is_ip_literal(host):
             addresses = [host]
         else:
@@ -426,6 +543,14 @@ class BottleAddon:
             flow.kill()
             return
         assert flow.response is not None
+        if flow.response.status_code == 101:
+            # A switch of protocols hands the connection to a raw or WebSocket layer whose bytes
+            # no verdict sees: refused, whether or not the request asked for an upgrade.
+            logger.warning("bottle: %s: the upstream switched protocols; killing it", flow.id)
+            state.update(verdict="block", decided_by="addon", reason="upgrade")
+            state["detail"] = "the upstream answered 101 Switching Protocols"
+            flow.kill()
+            return
         content_type = flow.response.headers.get("content-type", "")
         if content_type.split(";")[0].strip().lower() in STREAMED_CONTENT_TYPES:
             state["response_bytes"] = 0
@@ -519,6 +644,10 @@ def decision_record(flow: http.HTTPFlow, state: dict[str, Any]) -> dict[str, Any
         "credential": state.get("credential"),
         "error": flow.error.msg if flow.error else None,
     }
+
+
+def _address(address: Any) -> str | None:
+    return f"{address[0]}:{address[1]}" if address else None
 
 
 def _state(flow: http.HTTPFlow) -> dict[str, Any]:

@@ -10,12 +10,16 @@ bound credential used outside its binding.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from . import credentials
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
+# The ports a bottle may reach (addon/README.md, "Only judged HTTP leaves"): HTTPS through a
+# CONNECT tunnel, plain HTTP as an absolute-form request.
+DEFAULT_CONNECT_PORTS = "443"
+DEFAULT_HTTP_PORTS = "80"
 TOKEN = re.compile(rb"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 
 
@@ -48,6 +52,46 @@ class Block:
 
 
 @dataclass(frozen=True)
+class Ports:
+    """A set of TCP ports: `443`, `443,8443`, `8000-8999`; never empty, never port 0."""
+
+    ranges: tuple[tuple[int, int], ...]
+
+    @staticmethod
+    def parse(text: str) -> Ports:
+        ranges = []
+        for item in text.split(","):
+            item = item.strip()
+            low, dash, high = item.partition("-")
+            if not low.isdigit() or (dash and not high.isdigit()):
+                raise ValueError(f"{text!r}: {item!r} is not a port or a range like 8000-8999")
+            first, last = int(low), int(high) if dash else int(low)
+            if not 0 < first <= last < 65536:
+                raise ValueError(f"{text!r}: {item!r} is not within 1-65535")
+            ranges.append((first, last))
+        return Ports(tuple(ranges))
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and any(a <= port <= b for a, b in self.ranges)
+
+    def __str__(self) -> str:
+        return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in self.ranges)
+
+
+def connect_problem(*, port: int, in_tls: bool, connect_ports: Ports) -> Block | None:
+    """Why a CONNECT is refused, if it is: only to the bottle's ports, and only from the proxy
+    port itself (a CONNECT inside a decrypted tunnel would be sent on to the upstream)."""
+    if in_tls:
+        return Block("nested_connect", "a CONNECT inside a tunnel is not accepted")
+    if port not in connect_ports:
+        return Block(
+            "port_not_allowed",
+            f"CONNECT to port {port} is not allowed (this bottle allows {connect_ports})",
+        )
+    return None
+
+
+@dataclass(frozen=True)
 class Cleared:
     """The request may be put to the scanner; `hidden_headers` stay out of the scanner's copy."""
 
@@ -56,8 +100,19 @@ class Cleared:
 
 
 def check(
-    view: RequestView, *, max_body_bytes: int, bindings: Sequence[credentials.Binding]
+    view: RequestView,
+    *,
+    max_body_bytes: int,
+    bindings: Sequence[credentials.Binding],
+    ports: Mapping[str, Ports] | None = None,
 ) -> Block | Cleared:
+    allowed_ports = ports if ports is not None else DEFAULT_PORT_SETS
+    if view.port not in allowed_ports.get(view.scheme, Ports(())):
+        return Block(
+            "port_not_allowed",
+            f"{view.scheme} to port {view.port} is not allowed (this bottle allows "
+            f"{allowed_ports.get(view.scheme, 'none')})",
+        )
     if view.streamed or view.body is None:
         return Block("body_streamed", "the request body was streamed, so it was never scanned")
     if view.has_trailers:
@@ -172,3 +227,9 @@ def parse_authority(value: str) -> tuple[str, int | None] | None:
 
 def _header_values(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
     return [value for key, value in headers if key.lower() == name]
+
+
+DEFAULT_PORT_SETS = {
+    "https": Ports.parse(DEFAULT_CONNECT_PORTS),
+    "http": Ports.parse(DEFAULT_HTTP_PORTS),
+}

@@ -18,7 +18,10 @@ def timestamp(epoch_seconds: float) -> str:
 
 
 def redacted_url(url: str) -> str:
-    """`scheme://authority/[redacted]`: blocked requests may carry the secret in path or query."""
+    """`scheme://authority/[redacted]`: blocked requests may carry the secret in path or query.
+    An authority-form target (a CONNECT's `host:port`) has neither and is kept."""
+    if "://" not in url:
+        return url
     scheme, _, rest = url.partition("://")
     authority = rest.split("/", 1)[0]
     return f"{scheme}://{authority}/[redacted]"

@@ -11,7 +11,7 @@ import pytest
 from flows import SAFE, context, https_flow, upstream_response
 from mitmproxy import connection, exceptions
 from mitmproxy.proxy import server_hooks
-from mitmproxy.test import tflow
+from mitmproxy.test import tflow, tutils
 
 from bottle_addon import hooks, scanner
 from bottle_addon.verdict import ScannerAnswer
@@ -398,8 +398,14 @@ def server(host: str, port: int = 443, tls: bool = True) -> connection.Server:
     return connection.Server(address=(host, port), tls=tls)
 
 
-def connect_hook(conn: connection.Server) -> Any:
-    return server_hooks.ServerConnectionHookData(server=conn, client=tflow.tclient_conn())
+def connect_hook(conn: connection.Server, allowed_by: hooks.BottleAddon | None = None) -> Any:
+    """The hook data; `allowed_by` records that a verdict allowed a request to the server's
+    address on this client connection, as an allowed request does."""
+    client = tflow.tclient_conn()
+    if allowed_by is not None:
+        host, port = conn.address
+        allowed_by._allowed_targets.setdefault(client.id, set()).add((host, port))
+    return server_hooks.ServerConnectionHookData(server=conn, client=client)
 
 
 async def test_a_private_upstream_address_is_refused_at_connect(
@@ -408,7 +414,7 @@ async def test_a_private_upstream_address_is_refused_at_connect(
     bottle, _ = addon
     for host in ("10.0.0.7", "localhost"):
         conn = server(host)
-        await bottle.server_connect(connect_hook(conn))
+        await bottle.server_connect(connect_hook(conn, bottle))
         assert conn.error is not None
         assert "private or internal address" in conn.error
         assert conn.address == (host, 443)
@@ -440,7 +446,7 @@ async def test_the_connection_is_pinned_to_the_checked_address_then_named_again(
 ) -> None:
     bottle = loopback_allowed
     conn = server("localhost", 8443)
-    await bottle.server_connect(connect_hook(conn))
+    await bottle.server_connect(connect_hook(conn, bottle))
     assert conn.error is None
     # mitmproxy opens the socket to `address`: the checked IP, with the host name as SNI.
     assert (conn.address, conn.sni) == (("127.0.0.1", 8443), "localhost")
@@ -466,7 +472,7 @@ async def test_a_pinned_connection_that_fails_is_named_again(
 ) -> None:
     bottle = loopback_allowed
     conn = server("localhost", 8443)
-    await bottle.server_connect(connect_hook(conn))
+    await bottle.server_connect(connect_hook(conn, bottle))
     assert conn.address == ("127.0.0.1", 8443)
     conn.error = "Connection refused"  # as mitmproxy's server sets it; the socket never opened
     bottle.server_connect_error(connect_hook(conn))
@@ -477,8 +483,170 @@ async def test_a_pinned_connection_that_fails_is_named_again(
 async def test_an_ip_literal_is_not_pinned(loopback_allowed: hooks.BottleAddon) -> None:
     bottle = loopback_allowed
     conn = server("127.0.0.1", 8443)
-    await bottle.server_connect(connect_hook(conn))
+    await bottle.server_connect(connect_hook(conn, bottle))
     assert (conn.error, conn.address, bottle._pinned) == (None, ("127.0.0.1", 8443), {})
     conn.state = connection.ConnectionState.OPEN
     bottle.server_connected(connect_hook(conn))
     assert conn.address == ("127.0.0.1", 8443)
+
+
+# --- no server connection, and no name looked up, without an allowed request --------------------
+
+
+@pytest.fixture
+def lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every name the addon asks the resolver about."""
+    asked: list[str] = []
+    original = asyncio.base_events.BaseEventLoop.getaddrinfo
+
+    async def recording(self: Any, host: str, port: int, **kwargs: Any) -> Any:
+        asked.append(host)
+        return await original(self, host, port, **kwargs)
+
+    monkeypatch.setattr(asyncio.base_events.BaseEventLoop, "getaddrinfo", recording)
+    return asked
+
+
+async def test_a_server_connection_no_verdict_allowed_is_refused_before_any_lookup(
+    addon: tuple[hooks.BottleAddon, Path], lookups: list[str]
+) -> None:
+    bottle, _ = addon
+    # e.g. mitmproxy's DNS layer relaying a query to a CONNECT target, or an eager connect.
+    conn = server("AKIAIOSFODNN7EXAMPLE.exfil.example", 53, tls=False)
+    await bottle.server_connect(connect_hook(conn))
+    assert conn.error is not None and "no allowed request" in conn.error
+    assert lookups == []
+
+
+async def test_an_allowed_request_opens_only_its_own_host_and_port(
+    addon: tuple[hooks.BottleAddon, Path], fake: FakeScanner, lookups: list[str]
+) -> None:
+    bottle, _ = addon
+    flow = https_flow(host="Api.Example.com")
+    await bottle.request(flow)
+    assert flow.response is None  # allowed
+    for host, port in (("other.example", 443), ("api.example.com", 8443)):
+        conn = server(host, port)
+        data = server_hooks.ServerConnectionHookData(server=conn, client=flow.client_conn)
+        await bottle.server_connect(data)
+        assert conn.error is not None and "no allowed request" in conn.error, (host, port)
+    assert lookups == []
+    conn = server("api.example.com", 443)
+    data = server_hooks.ServerConnectionHookData(server=conn, client=flow.client_conn)
+    await bottle.server_connect(data)
+    # Past the verdict rule: the name is looked up (and refused here only because it does not
+    # resolve on this machine, or resolves to a private address).
+    assert lookups == ["api.example.com"]
+    bottle.client_disconnected(flow.client_conn)
+    assert bottle._allowed_targets == {}
+
+
+async def test_a_blocked_request_allows_no_server_connection(
+    addon: tuple[hooks.BottleAddon, Path], fake: FakeScanner, lookups: list[str]
+) -> None:
+    bottle, _ = addon
+    fake.answer = lambda: BLOCK
+    flow = https_flow()
+    await bottle.request(flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    conn = server("api.example.com", 443)
+    data = server_hooks.ServerConnectionHookData(server=conn, client=flow.client_conn)
+    await bottle.server_connect(data)
+    assert conn.error is not None and lookups == []
+
+
+# --- CONNECT: the bottle's ports, from the proxy port only ---------------------------------------
+
+
+def connect_flow(authority: str, in_tls: bool = False) -> Any:
+    host, _, port = authority.rpartition(":")
+    request = tutils.treq(
+        method=b"CONNECT", scheme=b"", host=host, port=int(port), path=b"", authority=b""
+    )
+    flow = tflow.tflow(req=request)
+    # The CONNECT arrives on the plain proxy connection, or inside a decrypted tunnel.
+    flow.client_conn.tls = in_tls
+    flow.client_conn.timestamp_tls_setup = 1.0 if in_tls else None
+    return flow
+
+
+@pytest.mark.parametrize(
+    ("authority", "code"),
+    [
+        ("example.com:53", "port_not_allowed"),
+        ("example.com:5353", "port_not_allowed"),
+        ("example.com:9999", "port_not_allowed"),
+        ("example.com:80", "port_not_allowed"),
+        ("example.com:22", "port_not_allowed"),
+    ],
+)
+def test_connect_to_a_port_the_bottle_does_not_allow_is_refused(
+    addon: tuple[hooks.BottleAddon, Path], authority: str, code: str
+) -> None:
+    bottle, log = addon
+    flow = connect_flow(authority)
+    bottle.http_connect(flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    assert flow.response.headers["x-bottle-block-reason"] == code
+    bottle.http_connect_error(flow)
+    (rec,) = records(log)
+    assert (rec["verdict"], rec["decided_by"], rec["reason"]) == ("block", "addon", code)
+
+
+def test_connect_to_443_goes_on(addon: tuple[hooks.BottleAddon, Path]) -> None:
+    bottle, _ = addon
+    flow = connect_flow("example.com:443")
+    bottle.http_connect(flow)
+    assert flow.response is None
+
+
+def test_a_connect_inside_a_decrypted_tunnel_is_refused(
+    addon: tuple[hooks.BottleAddon, Path],
+) -> None:
+    bottle, _ = addon
+    flow = connect_flow("example.com:443", in_tls=True)
+    bottle.http_connect(flow)
+    assert flow.response is not None
+    assert flow.response.headers["x-bottle-block-reason"] == "nested_connect"
+
+
+def test_the_connect_ports_are_the_bottles_to_choose(tmp_path: Path) -> None:
+    bottle = hooks.BottleAddon()
+    with context(bottle) as tctx:
+        tctx.configure(
+            bottle, **SAFE, bottle_pipelock_url="http://p:8888", bottle_connect_ports="443,8443"
+        )
+        flow = connect_flow("example.com:8443")
+        bottle.http_connect(flow)
+        assert flow.response is None
+    assert "bottle_connect_ports" in refusal(bottle_connect_ports="443,http")
+    assert "bottle_http_ports" in refusal(bottle_http_ports="0")
+
+
+async def test_plain_http_to_a_port_the_bottle_does_not_allow_is_refused(
+    addon: tuple[hooks.BottleAddon, Path], fake: FakeScanner
+) -> None:
+    bottle, _ = addon
+    request = tutils.treq(host="example.com", port=9999, scheme=b"http", method=b"GET")
+    request.headers["host"] = "example.com:9999"
+    flow = tflow.tflow(req=request)
+    await bottle.request(flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    assert flow.response.headers["x-bottle-block-reason"] == "port_not_allowed"
+    assert fake.asked == []
+
+
+async def test_an_upstream_switching_protocols_is_killed(
+    addon: tuple[hooks.BottleAddon, Path], fake: FakeScanner
+) -> None:
+    bottle, log = addon
+    flow = https_flow(method=b"GET", body=b"")
+    await bottle.request(flow)
+    assert flow.response is None
+    upstream_response(flow, "text/plain")
+    assert flow.response is not None
+    flow.response.status_code = 101
+    bottle.responseheaders(flow)
+    assert flow.error is not None  # killed: the connection never becomes a raw relay
+    bottle.error(flow)
+    assert records(log)[0]["reason"] == "upgrade"

@@ -7,7 +7,15 @@ import json
 import pytest
 
 from bottle_addon import credentials
-from bottle_addon.policy import Block, Cleared, RequestView, check, parse_authority
+from bottle_addon.policy import (
+    Block,
+    Cleared,
+    Ports,
+    RequestView,
+    check,
+    connect_problem,
+    parse_authority,
+)
 
 BASE = RequestView(
     scheme="https",
@@ -177,7 +185,14 @@ BINDING = credentials.load(
 
 
 def with_key(view: RequestView, **change: object) -> Block | Cleared:
-    return check(dataclasses.replace(view, **change), max_body_bytes=1 << 20, bindings=BINDING)  # type: ignore[arg-type]
+    # 8443 allowed too, so that the credential rule is what a request on it meets.
+    ports = {"https": Ports.parse("443,8443"), "http": Ports.parse("80")}
+    return check(
+        dataclasses.replace(view, **change),  # type: ignore[arg-type]
+        max_body_bytes=1 << 20,
+        bindings=BINDING,
+        ports=ports,
+    )
 
 
 def test_the_bound_key_to_its_own_host_is_hidden_from_the_scanner() -> None:
@@ -255,3 +270,60 @@ def test_authorization_bindings_accept_a_scheme() -> None:
 def test_bad_binding_files_say_what_to_fix(text: str, message: str) -> None:
     with pytest.raises(credentials.BindingError, match=message):
         credentials.load(text, {})
+
+
+# --- ports ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "inside", "outside"),
+    [
+        ("443", [443], [53, 80, 444, 8443]),
+        ("443, 8443", [443, 8443], [53, 5353, 9999]),
+        ("1024-65535,443", [443, 1024, 5353, 65535], [53, 80, 1023]),
+    ],
+)
+def test_ports_parse_lists_and_ranges(text: str, inside: list[int], outside: list[int]) -> None:
+    ports = Ports.parse(text)
+    assert all(p in ports for p in inside)
+    assert not any(p in ports for p in outside)
+
+
+@pytest.mark.parametrize("text", ["", "0", "65536", "443,", "http", "9-1", "1-", "-5", "4 43"])
+def test_ports_refuse_what_is_not_a_port_list(text: str) -> None:
+    with pytest.raises(ValueError):
+        Ports.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("scheme", "port", "blocked"),
+    [
+        ("https", 443, False),
+        ("https", 8443, True),
+        ("https", 9999, True),
+        ("http", 80, False),
+        ("http", 9999, True),
+        ("http", 53, True),
+        ("ftp", 21, True),
+    ],
+)
+def test_requests_go_only_to_the_bottles_ports(scheme: str, port: int, blocked: bool) -> None:
+    host = "api.example.com" if port in (80, 443) else f"api.example.com:{port}"
+    view = dataclasses.replace(
+        BASE,
+        scheme=scheme,
+        port=port,
+        sni=None if scheme != "https" else BASE.sni,
+        headers=[(b"Host", host.encode())],
+    )
+    assert (code(view) == "port_not_allowed") is blocked
+
+
+def test_connect_only_to_the_bottles_ports_and_never_nested() -> None:
+    ports = Ports.parse("443")
+    assert connect_problem(port=443, in_tls=False, connect_ports=ports) is None
+    for port in (53, 5353, 80, 9999):
+        problem = connect_problem(port=port, in_tls=False, connect_ports=ports)
+        assert problem is not None and problem.code == "port_not_allowed"
+    nested = connect_problem(port=443, in_tls=True, connect_ports=ports)
+    assert nested is not None and nested.code == "nested_connect"

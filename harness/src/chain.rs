@@ -27,6 +27,10 @@ use crate::images::TestImages;
 use crate::network::{self, InternalNetwork};
 use crate::{cleanup, run};
 
+/// Ports where the upstream fixture hears every byte, TCP and UDP, and answers nothing: a relay
+/// of any protocol to them (DNS first) is recorded.
+pub const RAW_PORTS: [u16; 2] = [53, 5353];
+
 /// The names the upstream fixture answers for on the test internet.
 pub const UPSTREAM_HOSTS: [&str; 3] = [
     "api.anthropic.com",
@@ -408,6 +412,9 @@ async fn start_upstream(
     ];
     for host in UPSTREAM_HOSTS {
         args.extend(["--host".into(), host.into()]);
+    }
+    for port in RAW_PORTS {
+        args.extend(["--raw-port".into(), port.to_string()]);
     }
     let upstream = image(&images.fixtures)
         .with_entrypoint("bottle-upstream")

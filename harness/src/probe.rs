@@ -11,6 +11,10 @@
 //! - **node**: `probe.js` opens the CONNECT tunnel itself (Node's `https`/`http2` ignore
 //!   `HTTPS_PROXY`), then TLS with ALPN, then `https.request` or `http2.connect` over it.
 //! - **python**: `probe.py`, urllib, h1 only.
+//! - **raw**: `probe-raw.py`, what a malicious agent would send instead of an HTTP client: a
+//!   CONNECT to the URL's host and port, then TLS with the ALPN it chooses (or none), then the
+//!   bytes it chooses (the body, or a DNS query); it reports the CONNECT's answer, or what came
+//!   back through the tunnel.
 
 use std::fmt;
 use std::time::Duration;
@@ -42,13 +46,21 @@ pub enum Client {
     Python,
     /// The real Claude Code (`claude -p`), in the Claude agent image.
     Claude,
+    /// Raw bytes through a CONNECT tunnel (the request's `raw` options); h1 only.
+    Raw,
 }
 
 impl Client {
     /// The HTTP clients: what a scenario runs when it names none.
     pub const ALL: [Client; 3] = [Client::Curl, Client::Node, Client::Python];
     /// Every client, Claude Code included (scenarios name it explicitly).
-    pub const EVERY: [Client; 4] = [Client::Curl, Client::Node, Client::Python, Client::Claude];
+    pub const EVERY: [Client; 5] = [
+        Client::Curl,
+        Client::Node,
+        Client::Python,
+        Client::Claude,
+        Client::Raw,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -56,6 +68,7 @@ impl Client {
             Client::Node => "node",
             Client::Python => "python",
             Client::Claude => "claude",
+            Client::Raw => "raw",
         }
     }
 
@@ -67,6 +80,9 @@ impl Client {
             }
             (Client::Claude, Protocol::H2) => {
                 Some("Claude Code picks its own protocol; its cases run once, listed as h1")
+            }
+            (Client::Raw, Protocol::H2) => {
+                Some("the raw client sends the scenario's bytes; its ALPN is in its options")
             }
             _ => None,
         }
@@ -140,6 +156,8 @@ pub struct ProbeRequest {
     /// Environment changes for this probe only, on top of the container's: `Some` sets, `None`
     /// unsets (e.g. `("NODE_EXTRA_CA_CERTS", None)` to see a trust error).
     pub env: Vec<(String, Option<String>)>,
+    /// The raw client's options (scenario `request.raw`), passed through as JSON.
+    pub raw: Option<serde_json::Value>,
 }
 
 impl ProbeRequest {
@@ -152,6 +170,7 @@ impl ProbeRequest {
             timeout: Duration::from_secs(20),
             no_proxy: false,
             env: Vec::new(),
+            raw: None,
         }
     }
 
@@ -198,6 +217,7 @@ impl ProbeRequest {
             "timeout_ms": self.timeout.as_millis() as u64,
             "no_proxy": self.no_proxy,
             "protocol": protocol,
+            "raw": self.raw,
         })
     }
 }
@@ -358,6 +378,7 @@ fn command(client: Client, spec: &str, env: &[(String, Option<String>)]) -> Vec<
         Client::Node => cmd.extend(["node".into(), format!("{PROBE_DIR}/probe.js")]),
         Client::Python => cmd.extend(["python3".into(), format!("{PROBE_DIR}/probe.py")]),
         Client::Claude => cmd.extend(["python3".into(), format!("{PROBE_DIR}/probe-claude.py")]),
+        Client::Raw => cmd.extend(["python3".into(), format!("{PROBE_DIR}/probe-raw.py")]),
     }
     cmd.push(spec.to_string());
     cmd

@@ -129,6 +129,7 @@ async fn exercise(case: &Case, chain: &Chain) -> Result<(Vec<String>, Value)> {
         .collect();
     probe_request.body = request.body_bytes()?;
     probe_request.no_proxy = request.no_proxy;
+    probe_request.raw = request.raw.as_ref().map(serde_json::to_value).transpose()?;
     let default_timeout = if case.client == scenario::Client::Claude {
         90_000
     } else {
@@ -273,6 +274,18 @@ pub fn check(
             requests
                 .iter()
                 .map(|r| format!("{} {} port {}", r["method"], r["path"], r["port"]))
+                .collect::<Vec<_>>()
+        ));
+    }
+    if let Some(count) = e.upstream_records
+        && records.len() != count as usize
+    {
+        fail(format!(
+            "expected {count} upstream records of any kind, got {}: {:?}",
+            records.len(),
+            records
+                .iter()
+                .map(|r| format!("{} on port {}", r["kind"], r["port"]))
                 .collect::<Vec<_>>()
         ));
     }

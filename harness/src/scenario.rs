@@ -265,6 +265,27 @@ pub struct Request {
     /// How long the client may take (default 15 s); a short one where failing is the point.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// The raw client's options (`clients = ["raw"]`): what it sends through the tunnel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<RawOptions>,
+}
+
+/// `request.raw`: a CONNECT to the URL's host and port, then these, then the body's bytes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOptions {
+    /// TLS inside the tunnel (default: for https URLs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<bool>,
+    /// The ALPN offers, any strings (default: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alpn: Vec<String>,
+    /// The TLS server name (default: the URL's host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// Send a DNS query (type A, TCP framing) for this name instead of the body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_query: Option<String>,
 }
 
 fn default_method() -> String {
@@ -397,6 +418,10 @@ pub struct Expect {
     /// Exact number of upstream receipts for this request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_requests: Option<u32>,
+    /// Exact number of upstream records of any kind: requests, failed TLS handshakes, and raw
+    /// bytes on any raw port (`upstream_records = 0`: nothing reached the test internet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_records: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alpn: Option<AlpnExpect>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -646,6 +671,15 @@ fn validate(s: &Scenario) -> Vec<String> {
         ),
         None => {}
         Some(r) => check_request(r, &mut problems),
+    }
+    let raw_client = s.clients.contains(&Client::Raw);
+    let raw_options = s.request.as_ref().is_some_and(|r| r.raw.is_some());
+    if raw_client && (s.clients.len() != 1 || !raw_options) {
+        problems
+            .push("the raw client runs alone (clients = [\"raw\"]) and needs request.raw".into());
+    }
+    if raw_options && !raw_client {
+        problems.push("request.raw is for the raw client: set clients = [\"raw\"]".into());
     }
     if let Some(up) = &s.upstream {
         if up.routes.is_empty() {

@@ -1,14 +1,35 @@
-//! The harness's own negative control: against a deliberately broken addon that allows every
-//! request, the BLOCK and LOG scenarios must FAIL. A suite that passed here could not tell a
-//! working chain from a broken one.
+//! The harness's own negative controls. Against a deliberately broken addon that allows every
+//! request, the BLOCK and LOG scenarios must FAIL; against an addon without the rules that keep
+//! non-HTTP bytes and other ports out (the layer rule, the port rule, no server connection
+//! without an allowed request: addon/README.md), the BYPASS scenarios must FAIL. A suite that
+//! passed here could not tell a working chain from a broken one.
 
 use anyhow::{Context, Result, ensure};
 use bottle_harness::chain::ChainOptions;
 use bottle_harness::scenario::{self, Client, Protocol};
 use bottle_harness::{copy, fixture_bins, runner};
 
-/// A copy of the addon whose verdict reading always says "allow".
-fn broken_addon() -> Result<tempfile::TempDir> {
+/// Every answer of the scanner reads as allow.
+const ALLOWS_EVERYTHING: &str = "\
+from bottle_addon import verdict as _verdict
+_verdict.read_answer = lambda answer: _verdict.Verdict(_verdict.Kind.ALLOW, \"broken\")
+";
+
+/// The addon as it was before the rules that closed BYPASS-001..005: mitmproxy picks its own
+/// layers, every port is allowed, and any server connection may open.
+const WITHOUT_THE_LAYER_AND_PORT_RULES: &str = "\
+from bottle_addon import hooks as _hooks, policy as _policy
+_hooks.BottleAddon.next_layer = lambda self, nextlayer: None
+_hooks.BottleAddon.http_connect = lambda self, flow: None
+_policy.Ports.__contains__ = lambda self, port: True
+class _Everywhere(dict):
+    def get(self, key, default=None):
+        return type('_All', (), {'__contains__': lambda s, x: True})()
+addons[0]._allowed_targets = _Everywhere()
+";
+
+/// A copy of the addon with `patch` appended to its entry point.
+fn broken_addon(patch: &str) -> Result<tempfile::TempDir> {
     let dir = tempfile::Builder::new()
         .prefix("bottle-broken-addon-")
         .tempdir()?;
@@ -19,22 +40,19 @@ fn broken_addon() -> Result<tempfile::TempDir> {
     )?;
     let entry = dir.path().join("addon.py");
     let mut text = std::fs::read_to_string(&entry)?;
-    text.push_str(
-        "\n# Negative control: broken on purpose, every answer of the scanner reads as allow.\n\
-         from bottle_addon import verdict as _verdict\n\
-         _verdict.read_answer = lambda answer: _verdict.Verdict(_verdict.Kind.ALLOW, \"broken\")\n",
-    );
+    text.push_str("\n# Negative control: broken on purpose.\n");
+    text.push_str(patch);
     std::fs::write(&entry, text)?;
     Ok(dir)
 }
 
-async fn fails_against_the_broken_addon(id: &str, expected: &str) -> Result<()> {
+async fn fails_against(id: &str, client: Client, patch: &str, expected: &str) -> Result<()> {
     let scenarios = scenario::load_dir(scenario::default_dir())?;
     let case = scenario::expand(&scenarios)
         .into_iter()
-        .find(|c| c.scenario.id == id && c.client == Client::Curl && c.protocol == Protocol::H1)
-        .with_context(|| format!("no case {id}::curl::h1"))?;
-    let broken = broken_addon()?;
+        .find(|c| c.scenario.id == id && c.client == client && c.protocol == Protocol::H1)
+        .with_context(|| format!("no case {id}::{client}::h1"))?;
+    let broken = broken_addon(patch)?;
     let options = ChainOptions {
         addon_dir: Some(broken.path().to_path_buf()),
         ..runner::options_for(&case)
@@ -54,10 +72,44 @@ async fn fails_against_the_broken_addon(id: &str, expected: &str) -> Result<()> 
 
 #[tokio::test]
 async fn block_fails_when_the_addon_allows_everything() -> Result<()> {
-    fails_against_the_broken_addon("BLOCK-001", "the secret reached an upstream").await
+    fails_against(
+        "BLOCK-001",
+        Client::Curl,
+        ALLOWS_EVERYTHING,
+        "the secret reached an upstream",
+    )
+    .await
 }
 
 #[tokio::test]
 async fn log_fails_when_the_addon_allows_everything() -> Result<()> {
-    fails_against_the_broken_addon("LOG-001", "decision verdict").await
+    fails_against(
+        "LOG-001",
+        Client::Curl,
+        ALLOWS_EVERYTHING,
+        "decision verdict",
+    )
+    .await
+}
+
+#[tokio::test]
+async fn dns_through_connect_reaches_a_resolver_without_the_rules() -> Result<()> {
+    fails_against(
+        "BYPASS-001",
+        Client::Raw,
+        WITHOUT_THE_LAYER_AND_PORT_RULES,
+        "the secret reached an upstream",
+    )
+    .await
+}
+
+#[tokio::test]
+async fn plaintext_in_a_tunnel_leaves_without_the_rules() -> Result<()> {
+    fails_against(
+        "BYPASS-003",
+        Client::Raw,
+        WITHOUT_THE_LAYER_AND_PORT_RULES,
+        "upstream records of any kind",
+    )
+    .await
 }

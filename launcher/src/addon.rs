@@ -3,7 +3,7 @@
 //! mtime (mitmproxy never loads a script whose mtime is the epoch).
 
 /// (path under the addon directory, contents).
-pub const FILES: [(&str, &str); 10] = [
+pub const FILES: [(&str, &str); 11] = [
     ("addon.py", include_str!("../../addon/addon.py")),
     (
         "bottle_addon/__init__.py",
@@ -16,6 +16,10 @@ pub const FILES: [(&str, &str); 10] = [
     (
         "bottle_addon/hooks.py",
         include_str!("../../addon/bottle_addon/hooks.py"),
+    ),
+    (
+        "bottle_addon/layers.py",
+        include_str!("../../addon/bottle_addon/layers.py"),
     ),
     (
         "bottle_addon/policy.py",

@@ -296,6 +296,7 @@ class Upstream(_Server):
         self.tls = tls
         self.connections: list[UpstreamConnection] = []
         self.requests: list[UpstreamRequest] = []
+        self.raw_after_switch = b""
         self._sni: dict[int, str] = {}
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(pki.cert_pem, pki.key_pem)
@@ -306,6 +307,7 @@ class Upstream(_Server):
         with self.lock:
             self.connections.clear()
             self.requests.clear()
+            self.raw_after_switch = b""
 
     def _on_sni(self, sslsock: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
         if name is not None:
@@ -347,6 +349,9 @@ class Upstream(_Server):
                     self.requests.append(ureq)
                 if ureq.target.startswith("/sse"):
                     self._serve_sse(conn, tls)
+                elif ureq.target.startswith("/switch"):
+                    self._serve_switch(tls)
+                    return
                 else:
                     payload = json.dumps(
                         {"ok": True, "method": ureq.method, "target": ureq.target}
@@ -371,6 +376,18 @@ class Upstream(_Server):
                 self._open.discard(tls)
             with contextlib.suppress(OSError):
                 tls.close()
+
+    def _serve_switch(self, tls: socket.socket) -> None:
+        """Answers 101 Switching Protocols (asked for or not), then records every byte that
+        arrives on the switched connection in `raw_after_switch`."""
+        tls.sendall(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: bottle-raw\r\n"
+            b"Connection: upgrade\r\n\r\n"
+        )
+        with contextlib.suppress(OSError):
+            while data := tls.recv(65536):
+                with self.lock:
+                    self.raw_after_switch += data
 
     def _serve_h2(self, tls: socket.socket, record: UpstreamConnection) -> None:
         """Answers every h2 stream 200 JSON once it ended (no SSE, no trailers)."""
@@ -1057,6 +1074,9 @@ class Launcher:
             "ssl_verify_upstream_trusted_ca": str(self.pki.ca_pem),
             "bottle_pipelock_url": f"http://127.0.0.1:{self.scanner.port}",
             "bottle_decision_log": str(workdir / "decisions.jsonl"),
+            # The stubs listen on ephemeral ports; the port rules get their own tests.
+            "bottle_connect_ports": "443,1024-65535",
+            "bottle_http_ports": "80,1024-65535",
             **extra_sets(),
         }
 

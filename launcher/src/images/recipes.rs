@@ -129,6 +129,10 @@ const AGENT_PROBES: &[(&str, &[u8])] = &[
         "probes/probe-claude.py",
         recipe_bytes!("agent/probes/probe-claude.py"),
     ),
+    (
+        "probes/probe-raw.py",
+        recipe_bytes!("agent/probes/probe-raw.py"),
+    ),
 ];
 
 pub fn docker_recipe(recipe: Recipe, fixture_binaries: &[PathBuf]) -> Option<DockerRecipe> {
@@ -244,6 +248,23 @@ mod tests {
             docker_tag(Recipe::Agent, &edited, "bottle-base:1").unwrap()
         );
         assert!(a.starts_with("bottle-agent:"), "{a}");
+    }
+
+    #[test]
+    fn the_agent_image_carries_every_probe_script() {
+        // A probe left out of the list would be missing from the image, with the same tag.
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fixtures/images/agent/probes"
+        );
+        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| format!("probes/{}", e.unwrap().file_name().to_string_lossy()))
+            .collect();
+        on_disk.sort();
+        let mut embedded: Vec<String> = AGENT_PROBES.iter().map(|(p, _)| p.to_string()).collect();
+        embedded.sort();
+        assert_eq!(embedded, on_disk);
     }
 
     #[test]
