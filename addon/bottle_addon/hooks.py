@@ -17,7 +17,7 @@ from mitmproxy.connection import Client
 from mitmproxy.net import tls as net_tls
 from mitmproxy.proxy import layer, server_hooks
 
-from . import credentials, layers, policy, record, scanner, ssrf, trust, verdict
+from . import canonical, credentials, layers, policy, record, scanner, ssrf, trust, verdict
 
 logger = logging.getLogger("bottle")
 
@@ -81,6 +81,7 @@ class BottleAddon:
         self.trust_bundle: str | None = None
         self.connect_ports: policy.Ports = policy.Ports.parse(policy.DEFAULT_CONNECT_PORTS)
         self.http_ports: policy.Ports = policy.Ports.parse(policy.DEFAULT_HTTP_PORTS)
+        self.methods: frozenset[bytes] = policy.STANDARD_METHODS
         # Client connection id -> the (host, port)s a verdict allowed a request to on it: the
         # only server connections it may open (and the only names looked up for it).
         self._allowed_targets: dict[str, set[tuple[str, int]]] = {}
@@ -135,6 +136,13 @@ class BottleAddon:
             "Ports a plain http:// request may name (comma-separated ports or ranges).",
         )
         loader.add_option(
+            "bottle_extra_methods",
+            str,
+            "",
+            "Methods allowed besides GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS "
+            "(comma-separated tokens, e.g. PROPFIND,REPORT).",
+        )
+        loader.add_option(
             "bottle_upstream_ca",
             str,
             "",
@@ -173,6 +181,10 @@ class BottleAddon:
             except ValueError as e:
                 raise exceptions.OptionsError(f"bottle: {name}: {e}") from None
             setattr(self, name.removeprefix("bottle_"), ports)
+        try:
+            self.methods = policy.parse_methods(options.bottle_extra_methods)
+        except ValueError as e:
+            raise exceptions.OptionsError(f"bottle: bottle_extra_methods: {e}") from None
         try:
             self.ssrf_allowed = ssrf.parse_allowlist(options.bottle_ssrf_allow)
         except ValueError as e:
@@ -321,27 +333,19 @@ class BottleAddon:
             max_body_bytes=ctx.options.bottle_max_body_bytes,
             bindings=self.bindings,
             ports={"https": self.connect_ports, "http": self.http_ports},
+            methods=self.methods,
         )
         if isinstance(cleared, policy.Block):
-            state.update(decided_by="addon", reason=cleared.code, detail=cleared.message)
-            state["answered"] = True
-            flow.response = _bottle_response(403, cleared.code, cleared.message, flow.id)
+            _answer_block(flow, state, cleared)
             return
         state["credential"] = list(cleared.credential_headers) or None
-        assert view.body is not None
-        scan_request = scanner.build_request(
-            # pipelock's verdict is in its answer's body, and an answer to HEAD has none; its
-            # checks do not depend on the method, so HEAD is asked about as GET.
-            method=b"GET" if view.method == b"HEAD" else view.method,
-            scheme=view.scheme,
-            host=policy.normalise_host(view.host),
-            port=view.port,
-            target=view.target,
-            headers=view.headers,
-            hidden=cleared.hidden_headers,
-            body=view.body,
-            agent_id=flow.id,
-        )
+        try:
+            judged = canonical.judge(view, cleared.hidden_headers)
+        except ValueError as e:
+            why = f"the request cannot be written: {e}"
+            _answer_block(flow, state, policy.Block("unsendable_request", why))
+            return
+        scan_request = scanner.build_request(judged, agent_id=flow.id)
         started = time.monotonic()
         try:
             answer = await scanner.ask(self.scanner, scan_request)
@@ -357,7 +361,10 @@ class BottleAddon:
             "ms": state["verdict_ms"],
         }
         if decision.kind is verdict.Kind.ALLOW:
+            # What goes upstream is what was judged, written by the chain (canonical.py).
+            canonical.apply(flow.request, judged)
             state.update(decided_by="pipelock", verdict="allow", reason=None)
+            state["judged"] = judged.summary()
             self._allowed_targets.setdefault(flow.client_conn.id, set()).add(
                 (policy.normalise_host(view.host), view.port)
             )
@@ -451,9 +458,8 @@ class BottleAddon:
             problem = policy.Block("verdict_unavailable", f"the CONNECT check failed: {e}")
         if problem is None:
             return
-        state.update(verdict="block", decided_by="addon", reason=problem.code)
-        state.update(detail=problem.message, answered=True)
-        flow.response = _bottle_response(403, problem.code, problem.message, flow.id)
+        state["verdict"] = "block"
+        _answer_block(flow, state, problem)
 
     def http_connect_error(self, flow: http.HTTPFlow) -> None:
         self._finish(flow)
@@ -642,8 +648,16 @@ def decision_record(flow: http.HTTPFlow, state: dict[str, Any]) -> dict[str, Any
             "response_body": response_bytes,
         },
         "credential": state.get("credential"),
+        # What was judged and sent, for allowed requests (canonical.py).
+        "judged": state.get("judged") if allowed else None,
         "error": flow.error.msg if flow.error else None,
     }
+
+
+def _answer_block(flow: http.HTTPFlow, state: dict[str, Any], block: policy.Block) -> None:
+    """The addon's own 403 (the scanner is not asked)."""
+    state.update(decided_by="addon", reason=block.code, detail=block.message, answered=True)
+    flow.response = _bottle_response(403, block.code, block.message, flow.id)
 
 
 def _address(address: Any) -> str | None:

@@ -20,6 +20,9 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 # CONNECT tunnel, plain HTTP as an absolute-form request.
 DEFAULT_CONNECT_PORTS = "443"
 DEFAULT_HTTP_PORTS = "80"
+# pipelock never judges the method, so the chain allows only these (plus bottle_extra_methods):
+# a method is otherwise a free channel to the upstream (`curl -X <secret>`).
+STANDARD_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS"})
 TOKEN = re.compile(rb"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 
 
@@ -78,6 +81,19 @@ class Ports:
         return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in self.ranges)
 
 
+def parse_methods(extra: str) -> frozenset[bytes]:
+    """The standard methods plus `extra` (comma-separated uppercase tokens)."""
+    methods = set(STANDARD_METHODS)
+    for item in extra.split(","):
+        token = item.strip().encode("ascii", "replace")
+        if not token:
+            continue
+        if not TOKEN.match(token) or token.upper() != token or token == b"CONNECT":
+            raise ValueError(f"{item.strip()!r} is not an uppercase method name (CONNECT never)")
+        methods.add(token)
+    return frozenset(methods)
+
+
 def connect_problem(*, port: int, in_tls: bool, connect_ports: Ports) -> Block | None:
     """Why a CONNECT is refused, if it is: only to the bottle's ports, and only from the proxy
     port itself (a CONNECT inside a decrypted tunnel would be sent on to the upstream)."""
@@ -105,6 +121,7 @@ def check(
     max_body_bytes: int,
     bindings: Sequence[credentials.Binding],
     ports: Mapping[str, Ports] | None = None,
+    methods: frozenset[bytes] = STANDARD_METHODS,
 ) -> Block | Cleared:
     allowed_ports = ports if ports is not None else DEFAULT_PORT_SETS
     if view.port not in allowed_ports.get(view.scheme, Ports(())):
@@ -112,6 +129,11 @@ def check(
             "port_not_allowed",
             f"{view.scheme} to port {view.port} is not allowed (this bottle allows "
             f"{allowed_ports.get(view.scheme, 'none')})",
+        )
+    if view.method not in methods:
+        return Block(
+            "method_not_allowed",
+            "the request method is not one this bottle allows (pipelock does not judge methods)",
         )
     if view.streamed or view.body is None:
         return Block("body_streamed", "the request body was streamed, so it was never scanned")
@@ -125,6 +147,16 @@ def check(
     unsendable = unsendable_problem(view)
     if unsendable:
         return Block("unsendable_request", unsendable)
+    codings = [
+        token.strip().lower()
+        for value in _header_values(view.headers, b"transfer-encoding")
+        for token in value.decode("latin-1").split(",")
+    ]
+    if codings and codings != ["chunked"]:
+        return Block(
+            "transfer_coding",
+            f'Transfer-Encoding "{", ".join(codings)}" is not accepted: only plain chunked',
+        )
     if view.body:
         encodings = [
             token.strip().lower()
@@ -181,6 +213,9 @@ def unsendable_problem(view: RequestView) -> str | None:
     """Bytes the scanner's HTTP/1.1 request could not carry as they are: refuse, don't rewrite."""
     if not view.target.startswith(b"/") or any(b <= 0x20 or b == 0x7F for b in view.target):
         return "the request target is not an origin-form path the scanner can be shown"
+    if b"#" in view.target:
+        # A URL parser drops the fragment from what is judged; the upstream would get it.
+        return "the request target has a fragment (#), which clients never send"
     if not TOKEN.match(view.method):
         return "the request method is not a token"
     for name, value in view.headers:

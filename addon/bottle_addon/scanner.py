@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import time
 import urllib.parse
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import h11
 
+from . import canonical
 from .verdict import ScannerAnswer
 
 # pipelock's answers are short texts; anything longer is not one of them.
@@ -27,21 +27,6 @@ MAX_ANSWER_BYTES = 64 * 1024
 # pipelock closes idle connections after 120 s; reuse only well inside that.
 MAX_IDLE_SECONDS = 20.0
 MAX_POOLED = 16
-# Not sent to the scanner: hop-by-hop headers, and the two the scanner's copy sets itself.
-DROPPED_HEADERS = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"host",
-        b"content-length",
-        b"x-pipelock-agent",
-    }
-)
 
 
 class ScannerError(Exception):
@@ -58,33 +43,17 @@ class ScanRequest:
     agent_id: str
 
 
-def build_request(
-    *,
-    method: bytes,
-    scheme: str,
-    host: str,
-    port: int,
-    target: bytes,
-    headers: Sequence[tuple[bytes, bytes]],
-    hidden: frozenset[int],
-    body: bytes,
-    agent_id: str,
-) -> ScanRequest:
-    """The scanner's copy of a request: absolute-form URL of where mitmproxy will connect."""
-    default = {"http": 80, "https": 443}[scheme]
-    hostname = f"[{host}]" if ":" in host else host
-    authority = hostname if port == default else f"{hostname}:{port}"
-    kept = tuple(
-        (name, value)
-        for index, (name, value) in enumerate(headers)
-        if index not in hidden and name.lower() not in DROPPED_HEADERS
-    )
+def build_request(judged: canonical.Judged, *, agent_id: str) -> ScanRequest:
+    """The scanner's copy of the judged request: absolute form, the chain's Host and framing,
+    every end-to-end header but a bound credential's. A HEAD is asked about as GET: the verdict
+    is in the answer's body, and an answer to HEAD has none (pipelock's checks do not depend on
+    the method)."""
     return ScanRequest(
-        method=method,
-        url=f"{scheme}://{authority}".encode("idna") + target,
-        host_header=authority.encode("idna"),
-        headers=kept,
-        body=body,
+        method=b"GET" if judged.method == b"HEAD" else judged.method,
+        url=judged.url,
+        host_header=judged.authority,
+        headers=judged.scanner_headers(),
+        body=judged.body,
         agent_id=agent_id,
     )
 
@@ -168,8 +137,8 @@ class Scanner:
         done = False
         received_any = False
         try:
+            # The judged headers carry the chain's framing (Content-Length) already.
             headers = [(b"Host", request.host_header), *request.headers]
-            headers.append((b"Content-Length", str(len(request.body)).encode()))
             headers.append((b"X-Pipelock-Agent", request.agent_id.encode("ascii")))
             try:
                 data = connection.h11.send(

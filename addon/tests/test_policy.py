@@ -15,6 +15,7 @@ from bottle_addon.policy import (
     check,
     connect_problem,
     parse_authority,
+    parse_methods,
 )
 
 BASE = RequestView(
@@ -165,10 +166,15 @@ def test_a_huge_body_is_blocked_without_being_read_twice() -> None:
         ({"headers": [*BASE.headers, (b"upgrade", b"h2c")]}, "upgrade"),
         ({"target": b"*"}, "unsendable_request"),
         ({"target": b"/a b"}, "unsendable_request"),
-        ({"method": b"GE T"}, "unsendable_request"),
+        ({"method": b"GE T"}, "method_not_allowed"),
+        ({"target": b"/a#" + b"AKIAIOSFODNN7EXAMPLE"}, "unsendable_request"),
+        ({"headers": [*BASE.headers, (b"Transfer-Encoding", b"gzip, chunked")]}, "transfer_coding"),
+        ({"headers": [*BASE.headers, (b"Transfer-Encoding", b"chunked")]}, None),
         ({"headers": [*BASE.headers, (b"X-A", b"1\r\nX-B: 2")]}, "unsendable_request"),
         ({"headers": [*BASE.headers, (b"X A", b"1")]}, "unsendable_request"),
-        ({"method": b"M-SEARCH"}, None),
+        ({"method": b"M-SEARCH"}, "method_not_allowed"),
+        ({"method": b"AKIAIOSFODNN7EXAMPLE"}, "method_not_allowed"),
+        ({"method": b"get"}, "method_not_allowed"),
     ],
 )
 def test_requests_the_scanner_cannot_see_whole_are_blocked(
@@ -327,3 +333,14 @@ def test_connect_only_to_the_bottles_ports_and_never_nested() -> None:
         assert problem is not None and problem.code == "port_not_allowed"
     nested = connect_problem(port=443, in_tls=True, connect_ports=ports)
     assert nested is not None and nested.code == "nested_connect"
+
+
+def test_only_the_standard_methods_and_the_bottles_extra_ones() -> None:
+    for method in (b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS"):
+        assert code(dataclasses.replace(BASE, method=method)) is None, method
+    extra = parse_methods("PROPFIND, M-SEARCH")
+    view = dataclasses.replace(BASE, method=b"M-SEARCH")
+    assert check(view, max_body_bytes=1 << 20, bindings=(), methods=extra) == Cleared()
+    for bad in ("get", "CONNECT", "A B", "X:Y"):
+        with pytest.raises(ValueError):
+            parse_methods(bad)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from bottle_addon import scanner
+from bottle_addon import canonical, scanner
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 ALLOW = b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 27\r\n\r\nforward proxy fetch failed\n"  # noqa: E501
@@ -60,23 +60,20 @@ async def stub() -> AsyncIterator[Stub]:
 
 
 def request(agent: str = "flow-1") -> scanner.ScanRequest:
-    return scanner.build_request(
+    judged = canonical.Judged(
         method=b"POST",
         scheme="https",
-        host="api.example.com",
-        port=443,
+        authority=b"api.example.com",
         target=b"/v1/messages?beta=true",
-        headers=[
-            (b"Host", b"api.example.com"),
+        headers=(
             (b"Content-Type", b"application/json"),
-            (b"Transfer-Encoding", b"chunked"),
-            (b"X-Pipelock-Agent", b"spoofed"),
             (b"X-Api-Key", b"k"),
-        ],
-        hidden=frozenset({4}),
+            (b"content-length", b"8"),
+        ),
+        hidden=frozenset({1}),
         body=b'{"a": 1}',
-        agent_id=agent,
     )
+    return scanner.build_request(judged, agent_id=agent)
 
 
 def client(stub: Stub, timeout: float = 2.0) -> scanner.Scanner:
@@ -94,25 +91,16 @@ async def test_the_scanner_gets_the_request_in_absolute_form_with_the_flow_id(st
     assert fields == [
         (b"Host", b"api.example.com"),
         (b"Content-Type", b"application/json"),
-        (b"Content-Length", b"8"),
+        (b"content-length", b"8"),
         (b"X-Pipelock-Agent", b"flow-42"),
     ]
     assert body == b'{"a": 1}'
 
 
 def test_non_default_ports_and_ipv6_hosts_keep_their_authority() -> None:
-    built = scanner.build_request(
-        method=b"GET",
-        scheme="https",
-        host="::1",
-        port=8443,
-        target=b"/",
-        headers=[],
-        hidden=frozenset(),
-        body=b"",
-        agent_id="x",
-    )
-    assert (built.url, built.host_header) == (b"https://[::1]:8443/", b"[::1]:8443")
+    assert canonical.authority("https", "::1", 8443) == b"[::1]:8443"
+    assert canonical.authority("https", "API.Example.com.", 443) == b"api.example.com"
+    assert canonical.authority("http", "example.com", 8080) == b"example.com:8080"
 
 
 async def test_connections_are_reused(stub: Stub) -> None:

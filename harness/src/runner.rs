@@ -289,6 +289,22 @@ pub fn check(
                 .collect::<Vec<_>>()
         ));
     }
+    // On every case: what left is what was judged (below), whatever the scenario expects.
+    if let Some(d) = decision {
+        for mismatch in judged_vs_sent(d, &requests) {
+            fail(format!(
+                "what left differs from what was judged: {mismatch}"
+            ));
+        }
+    }
+    if let Some(authority) = &e.upstream_authority {
+        let seen: Vec<&Value> = requests.iter().map(|r| &r["authority"]).collect();
+        if seen.is_empty() || seen.iter().any(|a| a.as_str() != Some(authority.as_str())) {
+            fail(format!(
+                "expected every upstream receipt for {authority:?}, got {seen:?}"
+            ));
+        }
+    }
     if e.upstream_receives_request {
         let sent = s
             .request
@@ -442,6 +458,78 @@ pub fn check(
     failures
 }
 
+/// The bytes judged are the bytes that leave (addon/README.md, "one builder"): for an allowed
+/// request that reached the upstream once, its receipt matches, field by field, the request the
+/// decision record says was judged: method, target, authority, TLS server name, every header
+/// (names lowercased, repeats grouped as the upstream fixture records them; a hidden bound
+/// credential's value is not logged, so only its name is compared) and the body's sha256.
+pub fn judged_vs_sent(decision: &Value, requests: &[&Value]) -> Vec<String> {
+    let judged = &decision["judged"];
+    let ([one], false) = (requests, judged.is_null()) else {
+        return Vec::new();
+    };
+    if decision["verdict"] != "allow" {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut differs = |field: &str, judged: &Value, sent: &Value| {
+        if judged != sent {
+            out.push(format!("{field}: judged {judged}, sent {sent}"));
+        }
+    };
+    differs("method", &judged["method"], &one["method"]);
+    differs("target", &judged["target"], &one["path"]);
+    differs("authority", &judged["authority"], &one["authority"]);
+    differs("body sha256", &judged["body_sha256"], &one["body_sha256"]);
+    if one["tls"] == true {
+        let host = judged["authority"].as_str().map(|a| {
+            a.rsplit_once(':')
+                .map_or(a, |(h, p)| if p.parse::<u16>().is_ok() { h } else { a })
+        });
+        differs("TLS server name", &json!(host), &one["sni"]);
+    }
+    let grouped = |pairs: Vec<(String, Value)>| {
+        let mut order: Vec<String> = Vec::new();
+        for (name, _) in &pairs {
+            if !order.contains(name) {
+                order.push(name.clone());
+            }
+        }
+        order
+            .iter()
+            .flat_map(|n| pairs.iter().filter(move |(m, _)| m == n).cloned())
+            .collect::<Vec<_>>()
+    };
+    let pairs = |v: &Value| -> Vec<(String, Value)> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|p| {
+                        (
+                            p[0].as_str().unwrap_or_default().to_lowercase(),
+                            p[1].clone(),
+                        )
+                    })
+                    .filter(|(name, _)| name != "host")
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let judged_headers = grouped(pairs(&judged["headers"]));
+    let sent_headers = grouped(pairs(&one["headers"]));
+    let same = judged_headers.len() == sent_headers.len()
+        && judged_headers
+            .iter()
+            .zip(&sent_headers)
+            .all(|((jn, jv), (sn, sv))| jn == sn && (jv.is_null() || jv == sv));
+    if !same {
+        out.push(format!(
+            "headers: judged {judged_headers:?}, sent {sent_headers:?}"
+        ));
+    }
+    out
+}
+
 fn alpn_name(alpn: scenario::Alpn) -> &'static str {
     match alpn {
         scenario::Alpn::H2 => "h2",
@@ -482,4 +570,65 @@ fn mentions(record: &Value, secret: &str) -> bool {
         .as_str()
         .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
         .is_some_and(|bytes| String::from_utf8_lossy(&bytes).contains(secret))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allowed(headers: Value) -> Value {
+        json!({"verdict": "allow", "judged": {
+            "method": "POST", "target": "/v1?q=1", "authority": "example.com",
+            "headers": headers, "body_sha256": "ab", "body_len": 2}})
+    }
+
+    fn receipt(headers: Value) -> Value {
+        json!({"kind": "request", "method": "POST", "path": "/v1?q=1", "authority": "example.com",
+               "tls": true, "sni": "example.com", "headers": headers, "body_sha256": "ab"})
+    }
+
+    #[test]
+    fn an_equal_receipt_has_no_mismatch_and_repeats_group_as_the_fixture_records_them() {
+        let judged = allowed(json!([
+            ["X-A", "1"],
+            ["x-b", "2"],
+            ["X-A", "3"],
+            ["x-key", null]
+        ]));
+        let sent = receipt(json!([
+            ["host", "example.com"],
+            ["x-a", "1"],
+            ["x-a", "3"],
+            ["x-b", "2"],
+            ["x-key", "secret"]
+        ]));
+        assert_eq!(judged_vs_sent(&judged, &[&sent]), Vec::<String>::new());
+    }
+
+    #[test]
+    fn every_field_that_differs_is_named() {
+        let judged = allowed(json!([["x-a", "1"]]));
+        let mut sent = receipt(json!([["x-a", "1"], ["x-pipelock-agent", "AKIA"]]));
+        assert!(judged_vs_sent(&judged, &[&sent])[0].starts_with("headers"));
+        sent["headers"] = json!([["x-a", "1"]]);
+        sent["authority"] = json!("ExAmPlE.com.");
+        sent["method"] = json!("AKIA");
+        sent["sni"] = json!("other.example");
+        let found = judged_vs_sent(&judged, &[&sent]);
+        for field in ["method", "authority", "TLS server name"] {
+            assert!(
+                found.iter().any(|f| f.starts_with(field)),
+                "{field}: {found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn blocked_or_unrecorded_requests_are_not_compared() {
+        let mut judged = allowed(json!([]));
+        let sent = receipt(json!([["x-a", "1"]]));
+        judged["verdict"] = json!("block");
+        assert!(judged_vs_sent(&judged, &[&sent]).is_empty());
+        assert!(judged_vs_sent(&json!({"verdict": "allow"}), &[&sent]).is_empty());
+    }
 }

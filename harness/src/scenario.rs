@@ -422,6 +422,9 @@ pub struct Expect {
     /// bytes on any raw port (`upstream_records = 0`: nothing reached the test internet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_records: Option<u32>,
+    /// The authority every upstream receipt carries (h1 Host, h2 `:authority`): the chain's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_authority: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alpn: Option<AlpnExpect>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -771,7 +774,9 @@ fn check_list<T: PartialEq + fmt::Display>(what: &str, list: &[T], problems: &mu
 }
 
 fn check_request(r: &Request, problems: &mut Vec<String>) {
-    if r.method.is_empty() || !r.method.bytes().all(|b| b.is_ascii_alphabetic()) {
+    // Any token (RFC 9110), so that a scenario can send a method no server knows.
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if r.method.is_empty() || !r.method.bytes().all(tchar) {
         problems.push(format!(
             "request.method {:?} is not an HTTP method",
             r.method

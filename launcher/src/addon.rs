@@ -3,11 +3,15 @@
 //! mtime (mitmproxy never loads a script whose mtime is the epoch).
 
 /// (path under the addon directory, contents).
-pub const FILES: [(&str, &str); 11] = [
+pub const FILES: [(&str, &str); 12] = [
     ("addon.py", include_str!("../../addon/addon.py")),
     (
         "bottle_addon/__init__.py",
         include_str!("../../addon/bottle_addon/__init__.py"),
+    ),
+    (
+        "bottle_addon/canonical.py",
+        include_str!("../../addon/bottle_addon/canonical.py"),
     ),
     (
         "bottle_addon/credentials.py",
