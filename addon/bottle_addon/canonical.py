@@ -16,13 +16,15 @@ serialises upstream is what was judged:
   hop-by-hop headers, the agent's Host, Content-Length and Transfer-Encoding (rewritten above),
   `Expect` (mitmproxy answers `100-continue` itself), and `X-Pipelock-Agent` (the chain's own
   join key; pipelock strips it before scanning).
-- **Hidden from the scanner only**: a bound credential header (`credentials.py`), the one
+- **Hidden from the scanner only**: a bound credential's bytes, in its one exact form
+  (`credentials.py`): the scanner's copy carries the header with the secret replaced, the one
   documented difference between the two.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,8 +61,8 @@ class Judged:
     target: bytes
     # End-to-end headers as the agent sent them (order, case), then the chain's framing.
     headers: tuple[tuple[bytes, bytes], ...]
-    # Indices into `headers` the scanner's copy leaves out (a bound credential).
-    hidden: frozenset[int]
+    # Index into `headers` -> the value the scanner's copy carries instead (a bound credential).
+    hidden: Mapping[int, bytes]
     body: bytes
 
     @property
@@ -68,7 +70,9 @@ class Judged:
         return self.scheme.encode() + b"://" + self.authority + self.target
 
     def scanner_headers(self) -> tuple[tuple[bytes, bytes], ...]:
-        return tuple(h for i, h in enumerate(self.headers) if i not in self.hidden)
+        return tuple(
+            (name, self.hidden.get(i, value)) for i, (name, value) in enumerate(self.headers)
+        )
 
     def summary(self) -> dict[str, Any]:
         """What the decision record says was judged and sent (a bound credential's value left
@@ -102,7 +106,7 @@ def authority(scheme: str, host: str, port: int) -> bytes:
     return name + b":%d" % port
 
 
-def judge(view: policy.RequestView, hidden_in_view: frozenset[int]) -> Judged:
+def judge(view: policy.RequestView, hidden_in_view: Mapping[int, bytes]) -> Judged:
     """The request as it will be judged and sent; ValueError when it cannot be written."""
     listed = {
         token.strip().lower().encode("latin-1")
@@ -112,13 +116,13 @@ def judge(view: policy.RequestView, hidden_in_view: frozenset[int]) -> Judged:
         if token.strip()
     }
     headers: list[tuple[bytes, bytes]] = []
-    hidden: set[int] = set()
+    hidden: dict[int, bytes] = {}
     for index, (name, value) in enumerate(view.headers):
         lowered = name.lower()
         if lowered in STRIPPED or lowered in listed:
             continue
         if index in hidden_in_view:
-            hidden.add(len(headers))
+            hidden[len(headers)] = hidden_in_view[index]
         headers.append((name, value))
     body = view.body or b""
     if body or view.method in BODY_METHODS:
@@ -129,7 +133,7 @@ def judge(view: policy.RequestView, hidden_in_view: frozenset[int]) -> Judged:
         authority=authority(view.scheme, view.host, view.port),
         target=view.target,
         headers=tuple(headers),
-        hidden=frozenset(hidden),
+        hidden=hidden,
         body=body,
     )
 

@@ -2,9 +2,11 @@
 
 pipelock's header DLP blocks real API keys in `Authorization`/`X-Api-Key` for every destination,
 including the agent's own key on its way to its own API. A binding names one secret, the one
-header it may travel in and the one https host it may go to. On that exact use the header is left
-out of the copy the scanner sees (the upstream still gets it); the secret anywhere else (another
-host or header, the URL, the body, also base64- or hex-encoded) blocks the request outright.
+header it may travel in, in one exact form (the secret itself, or `<scheme> <secret>` when the
+binding names a scheme), and the one https host it may go to. On that exact use only the secret's
+bytes are replaced in the copy the scanner sees (`REDACTED`; the rest of the header is judged, the
+upstream still gets the secret); the secret anywhere else (another host or header, another form of
+the bound header, the URL, the body, also base64- or hex-encoded) blocks the request outright.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from dataclasses import dataclass
 
 MIN_SECRET_LEN = 16
 HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+SCHEME = re.compile(r"^[A-Za-z0-9]+$")
+# What the scanner's copy carries instead of a bound secret's bytes.
+REDACTED = b"bottle-bound-credential"
 HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 
 
@@ -32,17 +37,21 @@ class Binding:
     secret: bytes
     # The forms the secret is searched for outside its bound header.
     needles: tuple[bytes, ...]
+    # `Bearer` for `authorization: Bearer <secret>`; None: the value is the secret itself.
+    scheme: bytes | None = None
 
     def allows(self, header_value: bytes) -> bool:
-        """The bound header's value is the secret itself or `<Scheme> <secret>`."""
-        if header_value == self.secret:
-            return True
-        scheme, _, rest = header_value.partition(b" ")
-        return rest == self.secret and scheme.isalpha()
+        """The bound header's value is exactly the documented form: the secret, or the binding's
+        scheme (any case), one space, the secret. Nothing else rides along."""
+        if self.scheme is None:
+            return header_value == self.secret
+        scheme, space, rest = header_value.partition(b" ")
+        return bool(space) and scheme.lower() == self.scheme.lower() and rest == self.secret
 
 
 def load(text: str, env: Mapping[str, str]) -> tuple[Binding, ...]:
-    """Parses a bindings file: `{"bindings": [{"host", "header", "value" | "value_env"}]}`."""
+    """Parses a bindings file:
+    `{"bindings": [{"host", "header", "value" | "value_env", "scheme"?}]}`."""
     try:
         document = json.loads(text)
     except ValueError as e:
@@ -57,7 +66,7 @@ def load(text: str, env: Mapping[str, str]) -> tuple[Binding, ...]:
         where = f"bindings[{index}]"
         if not isinstance(entry, dict):
             raise BindingError(f"{where} must be an object")
-        unknown = set(entry) - {"host", "header", "value", "value_env"}
+        unknown = set(entry) - {"host", "header", "value", "value_env", "scheme"}
         if unknown:
             raise BindingError(f"{where} has unknown keys {sorted(unknown)}")
         host = entry.get("host")
@@ -67,7 +76,18 @@ def load(text: str, env: Mapping[str, str]) -> tuple[Binding, ...]:
         if not isinstance(header, str) or not HEADER_NAME.match(header):
             raise BindingError(f"{where}.header must be a header name, got {header!r}")
         secret = _secret(entry, where, env)
-        bindings.append(Binding(host, header.lower(), secret, needles(secret)))
+        scheme = entry.get("scheme")
+        if scheme is not None and (not isinstance(scheme, str) or not SCHEME.match(scheme)):
+            raise BindingError(f"{where}.scheme must be a word like Bearer, got {scheme!r}")
+        bindings.append(
+            Binding(
+                host,
+                header.lower(),
+                secret,
+                needles(secret),
+                scheme.encode("ascii") if scheme is not None else None,
+            )
+        )
     return tuple(bindings)
 
 
@@ -107,8 +127,9 @@ def needles(secret: bytes) -> tuple[bytes, ...]:
 class Use:
     """Where the bound secrets appear in one request."""
 
-    # Indexes of header fields that are a permitted use: kept from the scanner's copy.
-    hidden_headers: frozenset[int]
+    # Header fields that are a permitted use: index -> the value the scanner's copy carries
+    # (the secret's bytes replaced by REDACTED).
+    hidden_headers: Mapping[int, bytes]
     # Header names of the permitted uses, for the decision record.
     hidden_names: tuple[str, ...]
     # Set when a secret appears anywhere it is not bound to: the request is blocked.
@@ -125,7 +146,7 @@ def inspect(
     target: bytes,
     body: bytes,
 ) -> Use:
-    hidden: set[int] = set()
+    hidden: dict[int, bytes] = {}
     names: list[str] = []
     for binding in bindings:
         bound_destination = scheme == "https" and host == binding.host and port == 443
@@ -134,16 +155,16 @@ def inspect(
                 continue
             header = name.decode("latin-1").lower()
             if bound_destination and header == binding.header and binding.allows(value):
-                hidden.add(index)
+                hidden[index] = value.replace(binding.secret, REDACTED)
                 names.append(header)
                 continue
-            return Use(frozenset(), (), _misuse(binding, f"header {header} to {host}"))
+            return Use({}, (), _misuse(binding, f"header {header} to {host}"))
         decoded_target = urllib.parse.unquote_to_bytes(target)
         if _contains(target, binding.needles) or _contains(decoded_target, binding.needles):
-            return Use(frozenset(), (), _misuse(binding, f"the URL to {host}"))
+            return Use({}, (), _misuse(binding, f"the URL to {host}"))
         if _contains(body, binding.needles):
-            return Use(frozenset(), (), _misuse(binding, f"the body to {host}"))
-    return Use(frozenset(hidden), tuple(names), None)
+            return Use({}, (), _misuse(binding, f"the body to {host}"))
+    return Use(hidden, tuple(names), None)
 
 
 def _contains(haystack: bytes, forms: tuple[bytes, ...]) -> bool:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import certifi
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import ctx, exceptions, http, tls
 from mitmproxy.connection import Client
 from mitmproxy.net import tls as net_tls
 from mitmproxy.proxy import layer, server_hooks
@@ -23,6 +23,9 @@ logger = logging.getLogger("bottle")
 
 ENV_PIPELOCK_URL = "CLAUDE_BOTTLE_PIPELOCK_URL"
 STREAMED_CONTENT_TYPES = frozenset({"text/event-stream"})
+# What mitmproxy offers upstream in its ClientHello: never the agent's own list.
+UPSTREAM_ALPN_H2 = (b"h2", b"http/1.1")
+UPSTREAM_ALPN_H1 = (b"http/1.1",)
 
 # mitmproxy options that open a way around the request hook, or change a request after it.
 REQUIRED_VALUES = {
@@ -501,17 +504,26 @@ class BottleAddon:
                 host, port, type=socket.SOCK_STREAM
             )
             addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        if server.tls:
+            # The TLS server name is the judged host, spelled by the chain (the client's own
+            # spelling of its SNI was only checked against it).
+            server.sni = canonical.authority("https", host, 443).decode("ascii").strip("[]")
         problem = ssrf.check(host, addresses, self.ssrf_allowed)
         if problem:
             server.error = f"bottle: blocked: {problem}"
             return
         if addresses[0] != host:
             # Connect to the address just checked, not to whatever a second lookup returns;
-            # the TLS name stays the host name.
-            if server.tls and server.sni is None:
-                server.sni = host
+            # the TLS name stays the host name (set above).
             self._pinned[server.id] = server.address
             server.address = (addresses[0], port)
+
+    def tls_start_server(self, data: tls.TlsData) -> None:
+        # The ALPN offers are the chain's, from a fixed list: mitmproxy would copy the agent's
+        # offers (any strings) into its own ClientHello. h2 is offered only to an agent that
+        # speaks h2 with mitmproxy (mitmproxy translates either way).
+        client_alpn = data.context.client.alpn
+        data.conn.alpn_offers = UPSTREAM_ALPN_H2 if client_alpn == b"h2" else UPSTREAM_ALPN_H1
 
     def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
         # Back to the name, so that later requests to it on this client connection reuse this
@@ -628,7 +640,8 @@ def decision_record(flow: http.HTTPFlow, state: dict[str, Any]) -> dict[str, Any
         "id": flow.id,
         "time": record.timestamp(request.timestamp_start),
         "client": f"{peer[0]}:{peer[1]}" if peer else None,
-        "method": request.method,
+        # A refused method is agent-chosen bytes that no one judged: never written out.
+        "method": "[refused]" if state.get("reason") == "method_not_allowed" else request.method,
         "url": url if allowed else record.redacted_url(url),
         "host": request.host,
         "sni": flow.client_conn.sni,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import credentials
 
@@ -109,9 +109,10 @@ def connect_problem(*, port: int, in_tls: bool, connect_ports: Ports) -> Block |
 
 @dataclass(frozen=True)
 class Cleared:
-    """The request may be put to the scanner; `hidden_headers` stay out of the scanner's copy."""
+    """The request may be put to the scanner; `hidden_headers` (index -> the value the scanner's
+    copy carries instead) are the bound credentials' exact uses."""
 
-    hidden_headers: frozenset[int] = frozenset()
+    hidden_headers: Mapping[int, bytes] = field(default_factory=dict)
     credential_headers: tuple[str, ...] = ()
 
 

@@ -13,7 +13,7 @@ from mitmproxy import connection, exceptions
 from mitmproxy.proxy import server_hooks
 from mitmproxy.test import tflow, tutils
 
-from bottle_addon import hooks, scanner
+from bottle_addon import credentials, hooks, policy, scanner
 from bottle_addon.verdict import ScannerAnswer
 
 TEXT = (("Content-Type", "text/plain; charset=utf-8"),)
@@ -304,6 +304,7 @@ async def test_the_bound_credential_is_hidden_from_the_scanner_only(
         assert flow.response is None
         assert flow.request.headers["x-api-key"] == secret
         assert key not in fake.asked[0].headers
+        assert (b"x-api-key", credentials.REDACTED) in fake.asked[0].headers
         elsewhere = https_flow(host="api.evil.net", headers=[(b"Host", b"api.evil.net"), key])
         await bottle.request(elsewhere)
         assert elsewhere.response is not None
@@ -404,7 +405,8 @@ def connect_hook(conn: connection.Server, allowed_by: hooks.BottleAddon | None =
     client = tflow.tclient_conn()
     if allowed_by is not None:
         host, port = conn.address
-        allowed_by._allowed_targets.setdefault(client.id, set()).add((host, port))
+        target = (policy.normalise_host(host), port)
+        allowed_by._allowed_targets.setdefault(client.id, set()).add(target)
     return server_hooks.ServerConnectionHookData(server=conn, client=client)
 
 
@@ -650,3 +652,48 @@ async def test_an_upstream_switching_protocols_is_killed(
     assert flow.error is not None  # killed: the connection never becomes a raw relay
     bottle.error(flow)
     assert records(log)[0]["reason"] == "upgrade"
+
+
+# --- the TLS name and the ALPN offers upstream are the chain's ----------------------------------
+
+
+async def test_the_upstream_tls_name_is_the_judged_host_spelled_by_the_chain(
+    loopback_allowed: hooks.BottleAddon,
+) -> None:
+    bottle = loopback_allowed
+    conn = server("LocalHost", 8443)
+    conn.sni = "LocalHost"  # as mitmproxy would copy the client's spelling
+    await bottle.server_connect(connect_hook(conn, bottle))
+    assert conn.error is None
+    assert conn.sni == "localhost"
+
+
+@pytest.mark.parametrize(
+    ("client_alpn", "offers"),
+    [
+        (b"h2", (b"h2", b"http/1.1")),
+        (b"http/1.1", (b"http/1.1",)),
+        (None, (b"http/1.1",)),
+    ],
+)
+def test_the_upstream_alpn_offers_are_a_fixed_list_never_the_agents(
+    addon: tuple[hooks.BottleAddon, Path], client_alpn: bytes | None, offers: tuple[bytes, ...]
+) -> None:
+    from mitmproxy import tls as mtls
+    from mitmproxy.proxy import context as mcontext
+
+    bottle, _ = addon
+    client = tflow.tclient_conn()
+    client.alpn = client_alpn
+    client.alpn_offers = [b"http/1.1", b"AKIAIOSFODNN7EXAMPLE", b"h2"]
+    upstream = server("example.com")
+    ctx = mcontext.Context(client, bottle_options())
+    data = mtls.TlsData(conn=upstream, context=ctx)
+    bottle.tls_start_server(data)
+    assert upstream.alpn_offers == offers
+
+
+def bottle_options() -> Any:
+    from mitmproxy import options
+
+    return options.Options()

@@ -204,7 +204,7 @@ def with_key(view: RequestView, **change: object) -> Block | Cleared:
 def test_the_bound_key_to_its_own_host_is_hidden_from_the_scanner() -> None:
     headers = [*BASE.headers, (b"X-Api-Key", SECRET.encode())]
     result = with_key(BASE, headers=headers)
-    assert result == Cleared(frozenset({2}), ("x-api-key",))
+    assert result == Cleared({2: credentials.REDACTED}, ("x-api-key",))
 
 
 KEY = SECRET.encode()
@@ -250,13 +250,46 @@ def bindings_file(**entry: object) -> str:
     return json.dumps({"bindings": [entry]})
 
 
-def test_authorization_bindings_accept_a_scheme() -> None:
-    text = bindings_file(host="api.example.com", header="authorization", value=SECRET)
+def test_authorization_bindings_accept_their_scheme_and_only_it() -> None:
+    text = bindings_file(
+        host="api.example.com", header="authorization", value=SECRET, scheme="Bearer"
+    )
     bindings = credentials.load(text, {})
-    headers = [*BASE.headers, (b"Authorization", b"Bearer " + SECRET.encode())]
-    view = dataclasses.replace(BASE, headers=headers)
-    result = check(view, max_body_bytes=1 << 20, bindings=bindings)
-    assert result == Cleared(frozenset({2}), ("authorization",))
+
+    def with_authorization(value: bytes) -> Block | Cleared:
+        headers = [*BASE.headers, (b"Authorization", value)]
+        view = dataclasses.replace(BASE, headers=headers)
+        return check(view, max_body_bytes=1 << 20, bindings=bindings)
+
+    for scheme in (b"Bearer", b"bearer"):
+        result = with_authorization(scheme + b" " + KEY)
+        # Only the secret's bytes are hidden: the scanner still sees the scheme.
+        assert result == Cleared({2: scheme + b" " + credentials.REDACTED}, ("authorization",))
+    for other in (
+        b"Basic " + KEY,
+        KEY,
+        b"Bearer  " + KEY,
+        b"Bearer " + KEY + b" AKIAIOSFODNNAEXAMPLE",
+        b"AKIAIOSFODNNAEXAMPLE " + KEY,
+    ):
+        result = with_authorization(other)
+        assert isinstance(result, Block) and result.code == "credential_misuse", other
+
+
+def test_a_binding_without_a_scheme_is_the_secret_alone() -> None:
+    # The attack that hid a second secret in the bound header: `<letters> <bound key>`.
+    headers = [*BASE.headers, (b"X-Api-Key", b"AKIAIOSFODNNAEXAMPLE " + KEY)]
+    result = with_key(BASE, headers=headers)
+    assert isinstance(result, Block) and result.code == "credential_misuse"
+
+
+@pytest.mark.parametrize("scheme", ["", "Bear er", "Bearer:", 5])
+def test_a_scheme_must_be_one_word(scheme: object) -> None:
+    text = bindings_file(
+        host="api.example.com", header="authorization", value=SECRET, scheme=scheme
+    )
+    with pytest.raises(credentials.BindingError, match="scheme"):
+        credentials.load(text, {})
 
 
 @pytest.mark.parametrize(

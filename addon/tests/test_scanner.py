@@ -70,7 +70,7 @@ def request(agent: str = "flow-1") -> scanner.ScanRequest:
             (b"X-Api-Key", b"k"),
             (b"content-length", b"8"),
         ),
-        hidden=frozenset({1}),
+        hidden={1: b"bottle-bound-credential"},
         body=b'{"a": 1}',
     )
     return scanner.build_request(judged, agent_id=agent)
@@ -91,6 +91,7 @@ async def test_the_scanner_gets_the_request_in_absolute_form_with_the_flow_id(st
     assert fields == [
         (b"Host", b"api.example.com"),
         (b"Content-Type", b"application/json"),
+        (b"X-Api-Key", b"bottle-bound-credential"),
         (b"content-length", b"8"),
         (b"X-Pipelock-Agent", b"flow-42"),
     ]

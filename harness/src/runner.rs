@@ -29,6 +29,7 @@ pub fn options_for(case: &Case) -> ChainOptions {
                 host: c.host,
                 header: c.header,
                 env: c.env,
+                scheme: c.scheme,
             })
             .collect(),
         addon_dir: None,
@@ -487,6 +488,16 @@ pub fn judged_vs_sent(decision: &Value, requests: &[&Value]) -> Vec<String> {
                 .map_or(a, |(h, p)| if p.parse::<u16>().is_ok() { h } else { a })
         });
         differs("TLS server name", &json!(host), &one["sni"]);
+        // The ALPN offers are the chain's fixed list, never the agent's (addon/README.md).
+        let offers = &one["alpn_offers"];
+        if !offers.is_null()
+            && *offers != json!(["h2", "http/1.1"])
+            && *offers != json!(["http/1.1"])
+        {
+            out.push(format!(
+                "ALPN offers: sent {offers}, not the chain's own list"
+            ));
+        }
     }
     let grouped = |pairs: Vec<(String, Value)>| {
         let mut order: Vec<String> = Vec::new();
@@ -614,8 +625,9 @@ mod tests {
         sent["authority"] = json!("ExAmPlE.com.");
         sent["method"] = json!("AKIA");
         sent["sni"] = json!("other.example");
+        sent["alpn_offers"] = json!(["http/1.1", "AKIA"]);
         let found = judged_vs_sent(&judged, &[&sent]);
-        for field in ["method", "authority", "TLS server name"] {
+        for field in ["method", "authority", "TLS server name", "ALPN offers"] {
             assert!(
                 found.iter().any(|f| f.starts_with(field)),
                 "{field}: {found:?}"

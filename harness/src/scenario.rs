@@ -238,6 +238,9 @@ pub struct CredentialOption {
     pub host: String,
     pub header: String,
     pub env: String,
+    /// `Bearer` for `authorization: Bearer <secret>`; absent: the value is the secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
 }
 
 impl Scenario {

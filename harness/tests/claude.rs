@@ -35,6 +35,7 @@ fn options(bound: bool) -> ChainOptions {
                 host: "api.anthropic.com".into(),
                 header: "x-api-key".into(),
                 env: "ANTHROPIC_API_KEY".into(),
+                scheme: None,
             }]
         } else {
             vec![]

@@ -295,10 +295,27 @@ impl Manifest {
                     "keep one [[credentials]] entry per host and header",
                 ));
             }
+            let scheme = match binding.scheme {
+                Some(scheme) => {
+                    let text = scheme.get_ref();
+                    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                        return Err(at.err(
+                            scheme.span(),
+                            format!("credential scheme {text:?} is not an auth scheme"),
+                            "use the word before the secret in the header, e.g. `Bearer` \
+                             (letters and digits), or leave scheme out when the header's value \
+                             is the secret itself",
+                        ));
+                    }
+                    Some(scheme.into_inner())
+                }
+                None => None,
+            };
             manifest.credentials.push(CredentialBinding {
                 host: binding.host.into_inner(),
                 header: binding.header.into_inner(),
                 env: binding.env.into_inner(),
+                scheme,
             });
         }
         Ok(manifest)
@@ -514,6 +531,7 @@ struct RawCredential {
     host: Spanned<String>,
     header: Spanned<String>,
     env: Spanned<String>,
+    scheme: Option<Spanned<String>>,
 }
 
 #[cfg(test)]
@@ -825,6 +843,27 @@ env = "TOKEN"
     fn a_credential_header_is_an_http_token() {
         for bad in ["", "x api key", "x-api-key:", "ä"] {
             assert_error(&credential("a.com", bad, "KEY"), 5, "use a header name");
+        }
+    }
+
+    #[test]
+    fn a_credential_scheme_is_one_word_and_reaches_the_binding() {
+        let text = format!(
+            "{}scheme = \"Bearer\"\n",
+            credential("api.anthropic.com", "authorization", "KEY")
+        );
+        let manifest = parse(&text).unwrap();
+        assert_eq!(manifest.credentials[0].scheme.as_deref(), Some("Bearer"));
+        assert_eq!(
+            parse(&credential("a.com", "x-api-key", "KEY"))
+                .unwrap()
+                .credentials[0]
+                .scheme,
+            None
+        );
+        for bad in ["", "Bearer token", "Bearer:"] {
+            let text = format!("{}scheme = {bad:?}\n", credential("a.com", "x", "KEY"));
+            assert_error(&text, 7, "leave scheme out");
         }
     }
 

@@ -146,6 +146,9 @@ pub struct CredentialBinding {
     pub header: String,
     /// The agent environment variable that holds the secret.
     pub env: String,
+    /// `Bearer` for `authorization: Bearer <secret>`; None: the header's value is the secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -481,9 +484,13 @@ pub fn plan(spec: &BottleSpec) -> Result<BottlePlan, PlanError> {
                     })?;
             // The secret reaches mitmproxy through its environment, never through a file.
             mitm_env.insert(binding.env.clone(), secret.clone());
-            bindings.push(serde_json::json!({
+            let mut entry = serde_json::json!({
                 "host": binding.host, "header": binding.header, "value_env": binding.env,
-            }));
+            });
+            if let Some(scheme) = &binding.scheme {
+                entry["scheme"] = serde_json::json!(scheme);
+            }
+            bindings.push(entry);
         }
         mitm_files.push(FilePlan {
             path: MITM_CREDENTIALS.into(),
@@ -694,6 +701,7 @@ mod tests {
             host: "api.anthropic.com".into(),
             header: "x-api-key".into(),
             env: "ANTHROPIC_API_KEY".into(),
+            scheme: None,
         });
         let plan = plan(&spec).unwrap();
         let mitm = plan.container(Role::Mitm);
@@ -711,6 +719,19 @@ mod tests {
             text.contains("\"value_env\":\"ANTHROPIC_API_KEY\""),
             "{text}"
         );
+        assert!(!text.contains("scheme"), "{text}");
+        spec.credentials[0].scheme = Some("Bearer".into());
+        let plan = super::plan(&spec).unwrap();
+        let file = plan
+            .container(Role::Mitm)
+            .files
+            .iter()
+            .find(|f| f.path == MITM_CREDENTIALS)
+            .unwrap();
+        let FileContents::Text(text) = &file.contents else {
+            panic!("credentials are a text file")
+        };
+        assert!(text.contains("\"scheme\":\"Bearer\""), "{text}");
 
         spec.agent.env.clear();
         assert!(matches!(

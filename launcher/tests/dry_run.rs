@@ -52,6 +52,7 @@ fn golden_plan(scanner: ScannerKind) -> BottlePlan {
             host: "api.anthropic.com".into(),
             header: "x-api-key".into(),
             env: "ANTHROPIC_API_KEY".into(),
+            scheme: None,
         }],
     };
     plan::plan(&spec).unwrap()

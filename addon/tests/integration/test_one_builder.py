@@ -80,3 +80,6 @@ def test_a_method_outside_the_closed_set_never_leaves(chain: Chain) -> None:
     r = c.h1(SECRET, "/")
     assert r.status == 403 and r.header("x-bottle-block-reason") == "method_not_allowed"
     assert c.scanner.requests == [] and c.upstream.connections == []
+    # ... and is not written to the decision record either.
+    (record,) = c.mitm.wait_decisions(1)
+    assert SECRET not in str(record), record
