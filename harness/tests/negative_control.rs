@@ -28,6 +28,24 @@ class _Everywhere(dict):
 addons[0]._allowed_targets = _Everywhere()
 ";
 
+/// A chain that sends an allowed request twice: mitmproxy replays it once its answer is in (the
+/// addon's rule that only a judged request opens a server connection, which refuses the replay,
+/// is lifted too).
+const SENDS_TWICE: &str = "\
+class _Everywhere(dict):
+    def get(self, key, default=None):
+        return type('_All', (), {'__contains__': lambda s, x: True})()
+addons[0]._allowed_targets = _Everywhere()
+from mitmproxy import ctx as _ctx
+from bottle_addon import hooks as _hooks
+_response = _hooks.BottleAddon.response
+def _twice(self, flow):
+    if not flow.is_replay and flow.response is not None and flow.response.status_code == 200:
+        _ctx.master.commands.call('replay.client', [flow.copy()])
+    return _response(self, flow)
+_hooks.BottleAddon.response = _twice
+";
+
 /// A copy of the addon with `patch` appended to its entry point.
 fn broken_addon(patch: &str) -> Result<tempfile::TempDir> {
     let dir = tempfile::Builder::new()
@@ -110,6 +128,17 @@ async fn plaintext_in_a_tunnel_leaves_without_the_rules() -> Result<()> {
         Client::Raw,
         WITHOUT_THE_LAYER_AND_PORT_RULES,
         "upstream records of any kind",
+    )
+    .await
+}
+
+#[tokio::test]
+async fn once_fails_when_the_chain_sends_twice() -> Result<()> {
+    fails_against(
+        "ONCE-001",
+        Client::Curl,
+        SENDS_TWICE,
+        "expected 1 upstream records of any kind, got 2",
     )
     .await
 }
