@@ -600,7 +600,7 @@ request_body_scanning:
   action: block
   max_body_bytes: 5242880
   scan_headers: true
-  header_mode: sensitive
+  header_mode: all
 fetch_proxy:
   monitoring:
     max_requests_per_minute: 100000
@@ -814,7 +814,9 @@ mod tests {
             ("request_body_scanning.action", "block"),
             ("request_body_scanning.max_body_bytes", "5242880"),
             ("request_body_scanning.scan_headers", "true"),
-            ("request_body_scanning.header_mode", "sensitive"),
+            // `sensitive` scans six headers only: a secret in any other header would leave
+            // unjudged (BYPASS-015).
+            ("request_body_scanning.header_mode", "all"),
             // Cannot be turned off; far beyond what an agent sends.
             ("fetch_proxy.monitoring.max_requests_per_minute", "100000"),
             ("logging.format", "json"),
