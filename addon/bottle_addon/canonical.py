@@ -16,6 +16,8 @@ serialises upstream is what was judged:
   hop-by-hop headers, the agent's Host, Content-Length and Transfer-Encoding (rewritten above),
   `Expect` (mitmproxy answers `100-continue` itself), and `X-Pipelock-Agent` (the chain's own
   join key; pipelock strips it before scanning).
+- **Added to the scanner's copy only** (scanner.py): `X-Pipelock-Agent` and
+  `X-Bottle-Header-Names` (the names as a value: pipelock scans values only).
 - **Hidden from the scanner only**: a bound credential's bytes, in its one exact form
   (`credentials.py`): the scanner's copy carries the header with the secret replaced, the one
   documented difference between the two.

@@ -27,6 +27,8 @@ MAX_ANSWER_BYTES = 64 * 1024
 # pipelock closes idle connections after 120 s; reuse only well inside that.
 MAX_IDLE_SECONDS = 20.0
 MAX_POOLED = 16
+# The scanner's copy only: the request's header names, as a value pipelock scans.
+HEADER_NAMES = b"X-Bottle-Header-Names"
 
 
 class ScannerError(Exception):
@@ -45,14 +47,20 @@ class ScanRequest:
 
 def build_request(judged: canonical.Judged, *, agent_id: str) -> ScanRequest:
     """The scanner's copy of the judged request: absolute form, the chain's Host and framing,
-    every end-to-end header but a bound credential's. A HEAD is asked about as GET: the verdict
-    is in the answer's body, and an answer to HEAD has none (pipelock's checks do not depend on
-    the method)."""
+    every end-to-end header (a bound credential's secret replaced), and `X-Bottle-Header-Names`
+    listing their names, which pipelock would otherwise never scan. A HEAD is asked about as
+    GET: the verdict is in the answer's body, and an answer to HEAD has none (pipelock's checks
+    do not depend on the method)."""
+    headers = judged.scanner_headers()
+    names = b", ".join(name for name, _ in headers if name.lower() != b"content-length")
+    if names:
+        # pipelock scans header values, never names: the names go to it as a value too.
+        headers = (*headers, (HEADER_NAMES, names))
     return ScanRequest(
         method=b"GET" if judged.method == b"HEAD" else judged.method,
         url=judged.url,
         host_header=judged.authority,
-        headers=judged.scanner_headers(),
+        headers=headers,
         body=judged.body,
         agent_id=agent_id,
     )

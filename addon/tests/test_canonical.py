@@ -119,7 +119,7 @@ def test_a_bound_credential_is_hidden_from_the_scanners_copy_only() -> None:
     assert (b"X-Api-Key", b"the-bound-key") in judged.headers
     assert (b"X-Api-Key", b"the-bound-key") not in asked.headers
     assert (b"X-Api-Key", b"redacted") in asked.headers
-    assert len(asked.headers) == len(judged.headers)
+    assert len(asked.headers) == len(judged.headers) + 1  # + X-Bottle-Header-Names
 
 
 @pytest.mark.parametrize("http2", [False, True])
@@ -152,7 +152,8 @@ def test_what_mitmproxy_sends_is_what_the_scanner_was_asked(http2: bool) -> None
         assert sent[0] == (b"Host", asked.host_header)
         assert flow.request.data.authority == b""
         sent = sent[1:]
-    assert [(k.lower(), v) for k, v in sent] == [(k.lower(), v) for k, v in asked.headers]
+    asked_headers = [h for h in asked.headers if h[0] != scanner.HEADER_NAMES]
+    assert [(k.lower(), v) for k, v in sent] == [(k.lower(), v) for k, v in asked_headers]
     assert (flow.request.data.method, flow.request.data.path) == (b"POST", b"/v1/messages")
     assert flow.request.raw_content == asked.body == b"hello"
     assert all(SECRET not in value for _, value in sent)
@@ -168,3 +169,11 @@ def test_the_summary_names_what_was_judged_without_the_hidden_value() -> None:
         ["content-length", "8"],
     ]
     assert summary["body_len"] == 8 and len(summary["body_sha256"]) == 64
+
+
+def test_header_names_reach_the_scanner_as_a_value() -> None:
+    # pipelock scans header values only: a secret as a header *name* would otherwise pass.
+    view = with_headers((b"AKIAIOSFODNN7EXAMPLE", b"1"))
+    asked = scanner.build_request(canonical.judge(view, {}), agent_id="f")
+    names = dict(asked.headers)[scanner.HEADER_NAMES]
+    assert names == b"Content-Type, AKIAIOSFODNN7EXAMPLE"

@@ -167,7 +167,11 @@ async def test_an_allowed_request_goes_on_and_the_scanner_saw_all_of_it(
     (asked,) = fake.asked
     assert asked.url == b"https://api.example.com/v1/messages?beta=true"
     assert asked.host_header == b"api.example.com"
-    assert asked.headers == ((b"A", b"1"), (b"content-length", b"18"))
+    assert asked.headers == (
+        (b"A", b"1"),
+        (b"content-length", b"18"),
+        (b"X-Bottle-Header-Names", b"A"),
+    )
     assert asked.body == b'{"hello": "world"}'
     assert asked.agent_id == flow.id
     upstream_response(flow, "application/json")

@@ -93,6 +93,7 @@ async def test_the_scanner_gets_the_request_in_absolute_form_with_the_flow_id(st
         (b"Content-Type", b"application/json"),
         (b"X-Api-Key", b"bottle-bound-credential"),
         (b"content-length", b"8"),
+        (b"X-Bottle-Header-Names", b"Content-Type, X-Api-Key"),
         (b"X-Pipelock-Agent", b"flow-42"),
     ]
     assert body == b'{"a": 1}'
