@@ -9,6 +9,19 @@ use bottle_harness::chain::ChainOptions;
 use bottle_harness::scenario::{self, Client, Protocol};
 use bottle_harness::{copy, fixture_bins, runner};
 
+/// Lifts the addon's rule that a server connection opens only for a host and port a verdict
+/// allowed on the same client connection: every target counts as allowed.
+macro_rules! lift_the_connect_rule {
+    () => {
+        "\
+class _Everywhere(dict):
+    def get(self, key, default=None):
+        return type('_All', (), {'__contains__': lambda s, x: True})()
+addons[0]._allowed_targets = _Everywhere()
+"
+    };
+}
+
 /// Every answer of the scanner reads as allow.
 const ALLOWS_EVERYTHING: &str = "\
 from bottle_addon import verdict as _verdict
@@ -17,25 +30,22 @@ _verdict.read_answer = lambda answer: _verdict.Verdict(_verdict.Kind.ALLOW, \"br
 
 /// The addon as it was before the rules that closed BYPASS-001..005: mitmproxy picks its own
 /// layers, every port is allowed, and any server connection may open.
-const WITHOUT_THE_LAYER_AND_PORT_RULES: &str = "\
+const WITHOUT_THE_LAYER_AND_PORT_RULES: &str = concat!(
+    "\
 from bottle_addon import hooks as _hooks, policy as _policy
 _hooks.BottleAddon.next_layer = lambda self, nextlayer: None
 _hooks.BottleAddon.http_connect = lambda self, flow: None
 _policy.Ports.__contains__ = lambda self, port: True
-class _Everywhere(dict):
-    def get(self, key, default=None):
-        return type('_All', (), {'__contains__': lambda s, x: True})()
-addons[0]._allowed_targets = _Everywhere()
-";
+",
+    lift_the_connect_rule!()
+);
 
 /// A chain that sends an allowed request twice: mitmproxy replays it once its answer is in (the
 /// addon's rule that only a judged request opens a server connection, which refuses the replay,
 /// is lifted too).
-const SENDS_TWICE: &str = "\
-class _Everywhere(dict):
-    def get(self, key, default=None):
-        return type('_All', (), {'__contains__': lambda s, x: True})()
-addons[0]._allowed_targets = _Everywhere()
+const SENDS_TWICE: &str = concat!(
+    lift_the_connect_rule!(),
+    "\
 from mitmproxy import ctx as _ctx
 from bottle_addon import hooks as _hooks
 _response = _hooks.BottleAddon.response
@@ -44,7 +54,8 @@ def _twice(self, flow):
         _ctx.master.commands.call('replay.client', [flow.copy()])
     return _response(self, flow)
 _hooks.BottleAddon.response = _twice
-";
+"
+);
 
 /// A copy of the addon with `patch` appended to its entry point.
 fn broken_addon(patch: &str) -> Result<tempfile::TempDir> {
