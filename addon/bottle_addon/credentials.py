@@ -158,12 +158,13 @@ def inspect(
                 hidden[index] = value.replace(binding.secret, REDACTED)
                 names.append(header)
                 continue
-            return Use({}, (), _misuse(binding, f"header {header} to {host}"))
+            where = "a header where it is not bound, or not in its exact form"
+            return Use({}, (), _misuse(binding, where))
         decoded_target = urllib.parse.unquote_to_bytes(target)
         if _contains(target, binding.needles) or _contains(decoded_target, binding.needles):
-            return Use({}, (), _misuse(binding, f"the URL to {host}"))
+            return Use({}, (), _misuse(binding, "the URL of a request"))
         if _contains(body, binding.needles):
-            return Use({}, (), _misuse(binding, f"the body to {host}"))
+            return Use({}, (), _misuse(binding, "the body of a request"))
     return Use(hidden, tuple(names), None)
 
 

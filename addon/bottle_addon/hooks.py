@@ -17,7 +17,7 @@ from mitmproxy.connection import Client
 from mitmproxy.net import tls as net_tls
 from mitmproxy.proxy import layer, server_hooks
 
-from . import canonical, credentials, layers, policy, record, scanner, ssrf, trust, verdict
+from . import canonical, credentials, layers, logs, policy, record, scanner, ssrf, trust, verdict
 
 logger = logging.getLogger("bottle")
 
@@ -58,6 +58,12 @@ def options_problem(options: Any, keys: set[str]) -> str | None:
         if getattr(options, name) != wanted:
             shown = str(wanted).lower() if isinstance(wanted, bool) else wanted
             return f"bottle: set {name}={shown} (--set {name}={shown}): {why}"
+    if "flow_detail" in keys and options.flow_detail != 0:
+        # mitmdump's own option (no Dumper, no flow lines elsewhere).
+        return (
+            "bottle: set flow_detail=0 (--set flow_detail=0): mitmdump's flow lines write the "
+            "agent's method, URL and headers, secrets included, to its output"
+        )
     if options.stream_large_bodies:
         return (
             "bottle: unset stream_large_bodies: streamed request bodies reach the upstream "
@@ -90,6 +96,8 @@ class BottleAddon:
         self._allowed_targets: dict[str, set[tuple[str, int]]] = {}
 
     def load(self, loader: Any) -> None:
+        # From here on, no log line carries the agent's bytes (logs.py).
+        logs.install()
         loader.add_option(
             "bottle_pipelock_url",
             str,
@@ -312,6 +320,7 @@ class BottleAddon:
             self.scanner.close()
         if self.log is not None:
             self.log.close()
+        logs.uninstall()
 
     # --- the verdict -------------------------------------------------------------------------
 
@@ -324,7 +333,7 @@ class BottleAddon:
         except Exception as e:  # any fault on the verdict path blocks
             logger.exception("bottle: the verdict failed for %s", flow.id)
             try:
-                self._answer_unavailable(flow, state, f"the addon failed: {type(e).__name__}: {e}")
+                self._answer_unavailable(flow, state, f"the addon failed: {logs.error_type(e)}")
             except Exception:
                 flow.kill()
 
@@ -345,7 +354,7 @@ class BottleAddon:
         try:
             judged = canonical.judge(view, cleared.hidden_headers)
         except ValueError as e:
-            why = f"the request cannot be written: {e}"
+            why = f"the request cannot be written ({logs.error_type(e)})"
             _answer_block(flow, state, policy.Block("unsendable_request", why))
             return
         scan_request = scanner.build_request(judged, agent_id=flow.id)
@@ -360,7 +369,7 @@ class BottleAddon:
         decision = verdict.read_answer(answer)
         state["scanner"] = {
             "status": answer.status,
-            "block_reason": answer.header("x-pipelock-block-reason"),
+            "block_reason": logs.scanner_code(answer.header("x-pipelock-block-reason")),
             "ms": state["verdict_ms"],
         }
         if decision.kind is verdict.Kind.ALLOW:
@@ -401,24 +410,22 @@ class BottleAddon:
         try:
             if nextlayer.layer is not None:
                 # Only this addon chooses; a choice made elsewhere was never checked.
-                why = f"another addon chose {nextlayer.layer!r}"
+                why = f"another addon chose a layer ({type(nextlayer.layer).__name__})"
                 chosen, problem = layers.Refused(nextlayer.context, why), why
             else:
                 chosen, problem = layers.decide(nextlayer.context, nextlayer.data_client())
         except Exception as e:  # any doubt refuses the connection
             logger.exception("bottle: choosing a layer failed")
-            chosen, problem = layers.Refused(nextlayer.context, repr(e)), repr(e)
+            why = f"choosing a layer failed ({logs.error_type(e)})"
+            chosen, problem = layers.Refused(nextlayer.context, why), why
         nextlayer.layer = chosen
         if problem is not None:
             self._record_refused_connection(nextlayer.context, problem)
 
     def _record_refused_connection(self, context: Any, problem: str) -> None:
-        server = context.server.address
+        # Where it was going and its TLS server name are the agent's bytes, never judged.
         logger.warning(
-            "bottle: refused a connection from %s (to %s): %s",
-            _address(context.client.peername),
-            _address(server),
-            problem,
+            "bottle: refused a connection from %s: %s", _address(context.client.peername), problem
         )
         if self.log is None:
             return
@@ -431,8 +438,8 @@ class BottleAddon:
                     "client": _address(context.client.peername),
                     "method": None,
                     "url": None,
-                    "host": server[0] if server else None,
-                    "sni": context.client.sni,
+                    "host": record.REDACTED,
+                    "sni": record.REDACTED if context.client.sni else None,
                     "http_version": None,
                     "verdict": "block",
                     "decided_by": "addon",
@@ -458,7 +465,9 @@ class BottleAddon:
                 connect_ports=self.connect_ports,
             )
         except Exception as e:
-            problem = policy.Block("verdict_unavailable", f"the CONNECT check failed: {e}")
+            problem = policy.Block(
+                "verdict_unavailable", f"the CONNECT check failed ({logs.error_type(e)})"
+            )
         if problem is None:
             return
         state["verdict"] = "block"
@@ -479,9 +488,16 @@ class BottleAddon:
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            server.error = f"bottle: blocked: the upstream address could not be checked: {e}"
+            server.error = (
+                f"bottle: blocked: the upstream address could not be checked ({logs.error_type(e)})"
+            )
         if server.error:
-            logger.warning("bottle: refused a connection to %s: %s", server.address, server.error)
+            # The address is the agent's choice when no verdict allowed it: not written.
+            logger.warning(
+                "bottle: refused a server connection for %s: %s",
+                _address(data.client.peername),
+                server.error,
+            )
 
     async def _check_and_pin(self, server: Any, client: Any) -> None:
         if not server.address:
@@ -493,9 +509,7 @@ class BottleAddon:
         # relay, an eager or TLS-first connect, a layer this addon did not choose) is refused.
         allowed = self._allowed_targets.get(client.id, set())
         if (policy.normalise_host(host), port) not in allowed:
-            server.error = (
-                f"bottle: blocked: no allowed request to {host}:{port} on this connection"
-            )
+            server.error = "bottle: blocked: no request to that host and port was allowed"
             return
         if ssrf.is_ip_literal(host):
             addresses = [host]
@@ -642,9 +656,10 @@ def decision_record(flow: http.HTTPFlow, state: dict[str, Any]) -> dict[str, Any
         "client": f"{peer[0]}:{peer[1]}" if peer else None,
         # A refused method is agent-chosen bytes that no one judged: never written out.
         "method": "[refused]" if state.get("reason") == "method_not_allowed" else request.method,
+        # A blocked request's URL, host and TLS server name may be where its secret is.
         "url": url if allowed else record.redacted_url(url),
-        "host": request.host,
-        "sni": flow.client_conn.sni,
+        "host": request.host if allowed else record.REDACTED,
+        "sni": flow.client_conn.sni if allowed or not flow.client_conn.sni else record.REDACTED,
         "http_version": {"client": request.http_version, "upstream": upstream_version},
         "verdict": "allow" if allowed else "block",
         "decided_by": state.get("decided_by", "addon"),
@@ -663,7 +678,8 @@ def decision_record(flow: http.HTTPFlow, state: dict[str, Any]) -> dict[str, Any
         "credential": state.get("credential"),
         # What was judged and sent, for allowed requests (canonical.py).
         "judged": state.get("judged") if allowed else None,
-        "error": flow.error.msg if flow.error else None,
+        # mitmproxy's error text may quote the agent's bytes; an allowed request's were judged.
+        "error": (flow.error.msg if allowed else record.REDACTED) if flow.error else None,
     }
 
 

@@ -156,7 +156,7 @@ def check(
     if codings and codings != ["chunked"]:
         return Block(
             "transfer_coding",
-            f'Transfer-Encoding "{", ".join(codings)}" is not accepted: only plain chunked',
+            "a Transfer-Encoding other than plain chunked is not accepted",
         )
     if view.body:
         encodings = [
@@ -168,8 +168,8 @@ def check(
         if encoded:
             return Block(
                 "body_encoded",
-                f'request body uses Content-Encoding "{", ".join(encoded)}"; compressed bodies '
-                "cannot be scanned for secrets",
+                "the request body has a Content-Encoding; compressed bodies cannot be scanned "
+                "for secrets",
             )
         if len(view.body) > max_body_bytes:
             return Block(
@@ -194,7 +194,7 @@ def fronting_problem(view: RequestView) -> str | None:
     target = normalise_host(view.host)
     default_port = DEFAULT_PORTS.get(view.scheme)
     if view.sni is not None and normalise_host(view.sni) != target:
-        return f"TLS server name {view.sni!r} differs from the CONNECT target {target!r}"
+        return "the TLS server name differs from the CONNECT target"
     names = [("Host", value.decode("latin-1")) for value in _header_values(view.headers, b"host")]
     if len(names) > 1:
         return "the request has more than one Host header"
@@ -202,11 +202,13 @@ def fronting_problem(view: RequestView) -> str | None:
         names.append((":authority", view.authority))
     for label, value in names:
         parsed = parse_authority(value)
+        # The messages name the field, never its value: the agent's bytes are not echoed into
+        # the decision log (addon/README.md, "Logs").
         if parsed is None:
-            return f"{label} {value!r} is not a valid authority"
+            return f"{label} is not a valid authority"
         host, port = parsed
         if host != target or (port if port is not None else default_port) != view.port:
-            return f"{label} {value!r} differs from the connection target {target}:{view.port}"
+            return f"{label} differs from the connection target"
     return None
 
 

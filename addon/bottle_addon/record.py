@@ -17,14 +17,14 @@ def timestamp(epoch_seconds: float) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+REDACTED = "[redacted]"
+
+
 def redacted_url(url: str) -> str:
-    """`scheme://authority/[redacted]`: blocked requests may carry the secret in path or query.
-    An authority-form target (a CONNECT's `host:port`) has neither and is kept."""
-    if "://" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    authority = rest.split("/", 1)[0]
-    return f"{scheme}://{authority}/[redacted]"
+    """`scheme://[redacted]`: a blocked request may carry its secret anywhere in its URL, the
+    host name included; a CONNECT's `host:port` too."""
+    scheme, sep, _ = url.partition("://")
+    return f"{scheme}://{REDACTED}" if sep else REDACTED
 
 
 class DecisionLog:

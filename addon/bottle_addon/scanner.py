@@ -155,7 +155,10 @@ class Scanner:
                 data += connection.h11.send(h11.Data(data=request.body)) or b""
                 data += connection.h11.send(h11.EndOfMessage()) or b""
             except h11.LocalProtocolError as e:
-                raise ScannerError(f"the request cannot be put to the scanner: {e}") from None
+                # h11's text quotes the offending bytes: the agent's (addon/README.md, "Logs").
+                raise ScannerError(
+                    f"the request cannot be put to the scanner ({type(e).__name__})"
+                ) from None
             try:
                 connection.writer.write(data)
                 await connection.writer.drain()
@@ -200,7 +203,9 @@ class Scanner:
             self._recycle(connection)
             return ScannerAnswer(status, answer_headers, bytes(body))
         except h11.RemoteProtocolError as e:
-            raise ScannerError(f"the scanner's answer is not valid HTTP/1.1: {e}") from None
+            raise ScannerError(
+                f"the scanner's answer is not valid HTTP/1.1 ({type(e).__name__})"
+            ) from None
         finally:
             if not done:
                 connection.close()

@@ -13,6 +13,8 @@ import enum
 import json
 from dataclasses import dataclass, field
 
+from . import logs
+
 ALLOW_BODY = "forward proxy fetch failed"
 
 # Block reasons pipelock can only produce after it received an upstream response.
@@ -88,17 +90,18 @@ def read_answer(answer: ScannerAnswer) -> Verdict:
     if answer.status == 403 and content_type == "text/plain" and text.startswith("blocked: "):
         if first_line.startswith(RESPONSE_SIDE_PREFIXES) or block_reason in RESPONSE_SIDE_REASONS:
             return unavailable(
-                f"the scanner blocked on an upstream response ({first_line!r}): it reached an "
+                f"the scanner blocked on an upstream response ({logs.scanner_text(first_line)}): "
+                "it reached an "
                 "upstream, which it must never do (see addon/README.md, 'Exactly once')"
             )
-        return _block(answer, first_line, block_reason)
+        return _block(answer, logs.scanner_text(first_line), block_reason)
 
     if (
         answer.status == 429
         and content_type == "text/plain"
         and text.startswith("blocked: rate limit exceeded for ")
     ):
-        return _block(answer, first_line, block_reason)
+        return _block(answer, logs.scanner_text(first_line), block_reason)
 
     if answer.status == 503 and content_type == "application/json":
         try:
@@ -107,6 +110,7 @@ def read_answer(answer: ScannerAnswer) -> Verdict:
             payload = None
         if isinstance(payload, dict) and payload.get("error") == "kill_switch_active":
             message = payload.get("message")
+            # The operator's configured text, not the request's.
             reason = f"kill switch active: {message}" if isinstance(message, str) else "kill switch"
             return _block(answer, reason, block_reason or "kill_switch_active")
 
@@ -130,7 +134,7 @@ def _block(answer: ScannerAnswer, reason: str, block_reason: str | None) -> Verd
 
 
 def _describe_unexpected(status: int, content_type: str, first_line: str) -> str:
-    snippet = first_line[:120]
+    snippet = logs.scanner_text(first_line[:120])
     if status == 405 and "forward proxy not enabled" in first_line:
         return "the scanner's forward proxy is off: set forward_proxy.enabled: true in its config"
     if 200 <= status < 400:

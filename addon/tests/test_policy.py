@@ -128,12 +128,14 @@ def test_encoded_bodies_are_blocked_as_pipelock_blocks_them(
     assert code(view) == expected
 
 
-def test_the_encoded_body_message_is_pipelocks() -> None:
-    view = dataclasses.replace(BASE, headers=[*BASE.headers, (b"Content-Encoding", b"gzip")])
+def test_the_encoded_body_message_does_not_echo_the_coding() -> None:
+    # The coding is the agent's bytes (a secret, say): the message names the field only.
+    coding = b"gzip, AKIAIOSFODNN7EXAMPLE"
+    view = dataclasses.replace(BASE, headers=[*BASE.headers, (b"Content-Encoding", coding)])
     result = verdict(view)
     assert isinstance(result, Block)
     assert result.message == (
-        'request body uses Content-Encoding "gzip"; compressed bodies cannot be scanned for secrets'
+        "the request body has a Content-Encoding; compressed bodies cannot be scanned for secrets"
     )
 
 

@@ -71,6 +71,8 @@ pub struct Chain {
     ids: HashMap<&'static str, String>,
     /// Decision-log lines written before this chain's current user took it (`reset`).
     decisions_before: usize,
+    /// Bytes of mitmproxy's stdout and stderr written before then.
+    mitm_output_before: (usize, usize),
     /// What this process made and removes; `None` for an attached chain.
     owned: Option<Owned>,
 }
@@ -225,6 +227,7 @@ impl Chain {
             mitm_egress_ip,
             ids,
             decisions_before: 0,
+            mitm_output_before: (0, 0),
             owned: Some(Owned {
                 bottle,
                 _upstream: upstream,
@@ -272,6 +275,7 @@ impl Chain {
             mitm_egress_ip,
             ids,
             decisions_before: 0,
+            mitm_output_before: (0, 0),
             owned: None,
         })
     }
@@ -293,8 +297,13 @@ impl Chain {
                 .await?;
             self.upstream_control("DELETE", "/records", None).await
         };
-        let (_, before) = tokio::try_join!(clear, self.all_decisions())?;
+        let (_, before, (out, err)) = tokio::try_join!(
+            clear,
+            self.all_decisions(),
+            container_logs(&self.docker, self.id(Role::Mitm))
+        )?;
         self.decisions_before = before.len();
+        self.mitm_output_before = (out.len(), err.len());
         Ok(())
     }
 
@@ -350,6 +359,10 @@ impl Chain {
     }
 
     async fn all_decisions(&self) -> Result<Vec<Value>> {
+        json_lines(&self.decision_log_text().await?)
+    }
+
+    async fn decision_log_text(&self) -> Result<String> {
         let out = exec(
             &self.docker,
             self.id(Role::Mitm),
@@ -357,7 +370,30 @@ impl Chain {
             &["cat", plan::MITM_DECISION_LOG],
         )
         .await?;
-        json_lines(&out.stdout)
+        Ok(out.stdout)
+    }
+
+    /// Every line the chain (mitmproxy and the addon) wrote since the last [`Chain::reset`]:
+    /// its stdout, its stderr and the decision log. No secret of a request may be in one.
+    pub async fn chain_log_lines(&self) -> Result<Vec<String>> {
+        let (decisions, (out, err)) = tokio::try_join!(
+            self.decision_log_text(),
+            container_logs(&self.docker, self.id(Role::Mitm))
+        )?;
+        let (out_before, err_before) = self.mitm_output_before;
+        let tail = |bytes: &[u8], before: usize| {
+            String::from_utf8_lossy(bytes.get(before..).unwrap_or_default()).into_owned()
+        };
+        let mut lines: Vec<String> = decisions
+            .lines()
+            .filter(|l| l.trim_start().starts_with('{'))
+            .skip(self.decisions_before)
+            .map(String::from)
+            .collect();
+        for text in [tail(&out, out_before), tail(&err, err_before)] {
+            lines.extend(text.lines().map(String::from));
+        }
+        Ok(lines)
     }
 
     /// The scanner's JSON events so far (its stdout).

@@ -166,6 +166,7 @@ async fn exercise(case: &Case, chain: &Chain) -> Result<(Vec<String>, Value)> {
         None => Vec::new(),
     };
     let records = chain.upstream_records().await?;
+    let log_lines = chain.chain_log_lines().await?;
     let evidence = json!({
         "probe": probe_evidence(&result),
         "decision": decision,
@@ -173,7 +174,8 @@ async fn exercise(case: &Case, chain: &Chain) -> Result<(Vec<String>, Value)> {
         "upstream_receipts": records,
         "url": url,
     });
-    let failures = check(s, &result, decision.as_ref(), &joined, &records);
+    let mut failures = check(s, &result, decision.as_ref(), &joined, &records);
+    failures.extend(secret_in_chain_logs(s, &log_lines));
     Ok((failures, evidence))
 }
 
@@ -526,6 +528,7 @@ pub fn judged_vs_sent(decision: &Value, requests: &[&Value]) -> Vec<String> {
             })
             .unwrap_or_default()
     };
+    out.extend(judged_vs_wire(judged, &one["wire"]));
     let judged_headers = grouped(pairs(&judged["headers"]));
     let sent_headers = grouped(pairs(&one["headers"]));
     let same = judged_headers.len() == sent_headers.len()
@@ -536,6 +539,86 @@ pub fn judged_vs_sent(decision: &Value, requests: &[&Value]) -> Vec<String> {
     if !same {
         out.push(format!(
             "headers: judged {judged_headers:?}, sent {sent_headers:?}"
+        ));
+    }
+    out
+}
+
+/// The head as it arrived on the wire is exactly the one the chain writes from what was judged.
+/// HTTP/1: `METHOD target HTTP/1.1`, `Host` first, then the judged headers in their order and
+/// spelling (a bound credential's value aside), framed by Content-Length or nothing. h2: the
+/// four pseudo-headers with the judged values, first, then the judged headers in order,
+/// lowercase.
+fn judged_vs_wire(judged: &Value, wire: &Value) -> Vec<String> {
+    if wire.is_null() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let judged_headers = judged["headers"].as_array().cloned().unwrap_or_default();
+    let mut sent = wire["headers"].as_array().cloned().unwrap_or_default();
+    let mut expected = Vec::new();
+    if wire["request_line"].is_null() {
+        let pseudo = sent
+            .iter()
+            .take_while(|h| h[0].as_str().is_some_and(|n| n.starts_with(':')))
+            .count();
+        let mut sent_pseudo: Vec<Value> = sent.drain(..pseudo).collect();
+        sent_pseudo.sort_by_key(|h| h[0].to_string());
+        let mut judged_pseudo = vec![
+            json!([":authority", judged["authority"]]),
+            json!([":method", judged["method"]]),
+            json!([":path", judged["target"]]),
+            json!([":scheme", "https"]),
+        ];
+        judged_pseudo.sort_by_key(|h| h[0].to_string());
+        if sent_pseudo != judged_pseudo {
+            out.push(format!(
+                "pseudo-headers on the wire: {}, judged {}",
+                json!(sent_pseudo),
+                json!(judged_pseudo)
+            ));
+        }
+        expected.extend(
+            judged_headers
+                .iter()
+                .map(|h| json!([h[0].as_str().unwrap_or_default().to_lowercase(), h[1]])),
+        );
+    } else {
+        let line = format!(
+            "{} {} HTTP/1.1",
+            judged["method"].as_str().unwrap_or_default(),
+            judged["target"].as_str().unwrap_or_default()
+        );
+        if wire["request_line"] != json!(line) {
+            out.push(format!(
+                "request line on the wire: {}, judged {line:?}",
+                wire["request_line"]
+            ));
+        }
+        expected.push(json!(["Host", judged["authority"]]));
+        expected.extend(judged_headers);
+    }
+    let same = expected.len() == sent.len()
+        && expected
+            .iter()
+            .zip(&sent)
+            .all(|(j, s)| j[0] == s[0] && (j[1].is_null() || j[1] == s[1]));
+    if !same {
+        out.push(format!(
+            "headers on the wire: {}, judged {}",
+            json!(sent),
+            json!(expected)
+        ));
+    }
+    let has_length = expected.iter().any(|h| {
+        h[0].as_str()
+            .is_some_and(|n| n.eq_ignore_ascii_case("content-length"))
+    });
+    let framing = if has_length { "content-length" } else { "none" };
+    if wire["framing"] != json!(framing) {
+        out.push(format!(
+            "framing on the wire: {}, the chain's is {framing}",
+            wire["framing"]
         ));
     }
     out
@@ -574,13 +657,33 @@ fn record_body(record: &Value) -> Vec<u8> {
 /// Whether an upstream record carries the secret anywhere: path, headers or body (also base64).
 fn mentions(record: &Value, secret: &str) -> bool {
     use base64::Engine;
-    if record.to_string().contains(secret) {
+    if contains_secret(&record.to_string(), secret) {
         return true;
     }
     record["body_base64"]
         .as_str()
         .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-        .is_some_and(|bytes| String::from_utf8_lossy(&bytes).contains(secret))
+        .is_some_and(|bytes| contains_secret(&String::from_utf8_lossy(&bytes), secret))
+}
+
+/// ASCII case is ignored: a secret in a host name comes back lowercased.
+fn contains_secret(text: &str, secret: &str) -> bool {
+    text.to_ascii_lowercase()
+        .contains(&secret.to_ascii_lowercase())
+}
+
+/// The chain writes no secret of a request into any line of its logs (addon/README.md): checked
+/// on every case that names its secret, whatever the verdict.
+pub fn secret_in_chain_logs(s: &Scenario, lines: &[String]) -> Vec<String> {
+    let Some(secret) = &s.expect.secret else {
+        return Vec::new();
+    };
+    lines
+        .iter()
+        .filter(|line| contains_secret(line, secret))
+        .take(3)
+        .map(|line| format!("the secret is in a line the chain logged: {line}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -628,6 +731,56 @@ mod tests {
         sent["alpn_offers"] = json!(["http/1.1", "AKIA"]);
         let found = judged_vs_sent(&judged, &[&sent]);
         for field in ["method", "authority", "TLS server name", "ALPN offers"] {
+            assert!(
+                found.iter().any(|f| f.starts_with(field)),
+                "{field}: {found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_wire_head_must_be_the_judged_one_in_order_and_spelling() {
+        let judged = allowed(json!([
+            ["X-A", "1"],
+            ["x-key", null],
+            ["content-length", "2"]
+        ]));
+        let mut sent = receipt(json!([
+            ["x-a", "1"],
+            ["x-key", "k"],
+            ["content-length", "2"]
+        ]));
+        sent["wire"] = json!({
+            "request_line": "POST /v1?q=1 HTTP/1.1",
+            "headers": [["Host", "example.com"], ["X-A", "1"], ["x-key", "k"], ["content-length", "2"]],
+            "framing": "content-length"});
+        assert_eq!(judged_vs_sent(&judged, &[&sent]), Vec::<String>::new());
+        let mut bent = sent.clone();
+        bent["wire"]["request_line"] = json!("POST http://example.com/v1?q=1 HTTP/1.1");
+        bent["wire"]["headers"][1][0] = json!("x-a");
+        bent["wire"]["framing"] = json!("chunked");
+        let found = judged_vs_sent(&judged, &[&bent]);
+        for field in ["request line", "headers on the wire", "framing"] {
+            assert!(
+                found.iter().any(|f| f.starts_with(field)),
+                "{field}: {found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_h2_wire_head_is_the_judged_pseudo_headers_then_the_judged_headers() {
+        let judged = allowed(json!([["X-A", "1"], ["content-length", "2"]]));
+        let mut sent = receipt(json!([["x-a", "1"], ["content-length", "2"]]));
+        sent["wire"] = json!({"request_line": null, "framing": "content-length", "headers": [
+            [":method", "POST"], [":scheme", "https"], [":path", "/v1?q=1"],
+            [":authority", "example.com"], ["x-a", "1"], ["content-length", "2"]]});
+        assert_eq!(judged_vs_sent(&judged, &[&sent]), Vec::<String>::new());
+        let mut bent = sent.clone();
+        bent["wire"]["headers"][1][1] = json!("AKIA");
+        bent["wire"]["headers"][4][0] = json!("x-b");
+        let found = judged_vs_sent(&judged, &[&bent]);
+        for field in ["pseudo-headers", "headers on the wire"] {
             assert!(
                 found.iter().any(|f| f.starts_with(field)),
                 "{field}: {found:?}"

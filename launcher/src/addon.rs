@@ -3,7 +3,7 @@
 //! mtime (mitmproxy never loads a script whose mtime is the epoch).
 
 /// (path under the addon directory, contents).
-pub const FILES: [(&str, &str); 12] = [
+pub const FILES: [(&str, &str); 13] = [
     ("addon.py", include_str!("../../addon/addon.py")),
     (
         "bottle_addon/__init__.py",
@@ -24,6 +24,10 @@ pub const FILES: [(&str, &str); 12] = [
     (
         "bottle_addon/layers.py",
         include_str!("../../addon/bottle_addon/layers.py"),
+    ),
+    (
+        "bottle_addon/logs.py",
+        include_str!("../../addon/bottle_addon/logs.py"),
     ),
     (
         "bottle_addon/policy.py",

@@ -455,6 +455,8 @@ pub fn plan(spec: &BottleSpec) -> Result<BottlePlan, PlanError> {
     set(format!("confdir={MITM_CONFDIR}"));
     set("connection_strategy=lazy".into());
     set("rawtcp=false".into());
+    // mitmdump's flow lines would print the agent's method and URL (addon/README.md, "Logs").
+    set("flow_detail=0".into());
     set(format!("bottle_decision_log={MITM_DECISION_LOG}"));
     if let Some(ca) = &spec.egress.upstream_ca {
         mitm_files.push(FilePlan {
@@ -679,6 +681,7 @@ mod tests {
         for option in [
             "connection_strategy=lazy",
             "rawtcp=false",
+            "flow_detail=0",
             "confdir=/home/mitmproxy/.mitmproxy",
         ] {
             assert!(command.contains(option), "{command}");

@@ -1071,6 +1071,7 @@ class Launcher:
             "confdir": str(workdir / "confdir"),
             "connection_strategy": "lazy",
             "rawtcp": "false",
+            "flow_detail": "0",
             "ssl_verify_upstream_trusted_ca": str(self.pki.ca_pem),
             "bottle_pipelock_url": f"http://127.0.0.1:{self.scanner.port}",
             "bottle_decision_log": str(workdir / "decisions.jsonl"),
