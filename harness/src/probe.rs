@@ -48,18 +48,21 @@ pub enum Client {
     Claude,
     /// Raw bytes through a CONNECT tunnel (the request's `raw` options); h1 only.
     Raw,
+    /// No request: facts about what the agent's container lets it do (probe-inspect.py).
+    Inspect,
 }
 
 impl Client {
     /// The HTTP clients: what a scenario runs when it names none.
     pub const ALL: [Client; 3] = [Client::Curl, Client::Node, Client::Python];
     /// Every client, Claude Code included (scenarios name it explicitly).
-    pub const EVERY: [Client; 5] = [
+    pub const EVERY: [Client; 6] = [
         Client::Curl,
         Client::Node,
         Client::Python,
         Client::Claude,
         Client::Raw,
+        Client::Inspect,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -69,6 +72,7 @@ impl Client {
             Client::Python => "python",
             Client::Claude => "claude",
             Client::Raw => "raw",
+            Client::Inspect => "inspect",
         }
     }
 
@@ -83,6 +87,9 @@ impl Client {
             }
             (Client::Raw, Protocol::H2) => {
                 Some("the raw client sends the scenario's bytes; its ALPN is in its options")
+            }
+            (Client::Inspect, Protocol::H2) => {
+                Some("the inspect probe makes no request; its cases run once, listed as h1")
             }
             _ => None,
         }
@@ -379,6 +386,7 @@ fn command(client: Client, spec: &str, env: &[(String, Option<String>)]) -> Vec<
         Client::Python => cmd.extend(["python3".into(), format!("{PROBE_DIR}/probe.py")]),
         Client::Claude => cmd.extend(["python3".into(), format!("{PROBE_DIR}/probe-claude.py")]),
         Client::Raw => cmd.extend(["python3".into(), format!("{PROBE_DIR}/probe-raw.py")]),
+        Client::Inspect => cmd.extend(["python3".into(), format!("{PROBE_DIR}/probe-inspect.py")]),
     }
     cmd.push(spec.to_string());
     cmd

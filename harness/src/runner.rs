@@ -121,7 +121,8 @@ async fn exercise(case: &Case, chain: &Chain) -> Result<(Vec<String>, Value)> {
     let url = request
         .url
         .replace("{scanner}", &scanner.name)
-        .replace("{scanner_ip}", &scanner_ip);
+        .replace("{scanner_ip}", &scanner_ip)
+        .replace("{upstream_ip}", &chain.upstream_ip);
     let mut probe_request = ProbeRequest::new(&request.method, &url);
     probe_request.headers = request
         .headers

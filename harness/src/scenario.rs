@@ -40,10 +40,11 @@ pub enum Family {
     Claude,
     Stream,
     Reach,
+    Harden,
 }
 
 impl Family {
-    pub const ALL: [Family; 14] = [
+    pub const ALL: [Family; 15] = [
         Family::Block,
         Family::Pass,
         Family::H2,
@@ -58,6 +59,7 @@ impl Family {
         Family::Claude,
         Family::Stream,
         Family::Reach,
+        Family::Harden,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -76,6 +78,7 @@ impl Family {
             Family::Claude => "CLAUDE",
             Family::Stream => "STREAM",
             Family::Reach => "REACH",
+            Family::Harden => "HARDEN",
         }
     }
 
@@ -289,6 +292,10 @@ pub struct RawOptions {
     /// Send a DNS query (type A, TCP framing) for this name instead of the body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_query: Option<String>,
+    /// No proxy, no tunnel: one UDP datagram (the DNS query without TCP framing, or the body)
+    /// straight to the URL's host and port.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub udp: bool,
 }
 
 fn default_method() -> String {
@@ -684,6 +691,9 @@ fn validate(s: &Scenario) -> Vec<String> {
         problems
             .push("the raw client runs alone (clients = [\"raw\"]) and needs request.raw".into());
     }
+    if s.clients.contains(&Client::Inspect) && s.clients.len() != 1 {
+        problems.push("the inspect probe runs alone (clients = [\"inspect\"])".into());
+    }
     if raw_options && !raw_client {
         problems.push("request.raw is for the raw client: set clients = [\"raw\"]".into());
     }
@@ -724,11 +734,13 @@ fn validate(s: &Scenario) -> Vec<String> {
              status; keep one"
                 .into(),
         ),
-        // Claude Code has no status to expect: what it prints (body_contains) is its outcome.
+        // Claude Code and the inspect probe have no status to expect: what they print
+        // (body_contains) is their outcome.
         (None, false)
             if s.request.is_some()
                 && s.unimplemented.is_none()
-                && (s.clients != [Client::Claude] || e.body_contains.is_empty()) =>
+                && (!matches!(s.clients.as_slice(), [Client::Claude | Client::Inspect])
+                    || e.body_contains.is_empty()) =>
         {
             problems.push(
                 "expect says nothing about the client's outcome: set expect.status or \

@@ -280,6 +280,18 @@ async fn start_container(
             network_mode: Some(bottle.network(first.network).name.clone()),
             dns_options: (!plan.dns_options.is_empty()).then(|| plan.dns_options.clone()),
             binds,
+            cap_drop: plan
+                .confinement
+                .capabilities
+                .as_ref()
+                .map(|_| vec!["ALL".into()]),
+            cap_add: plan.confinement.capabilities.clone(),
+            security_opt: plan
+                .confinement
+                .no_new_privileges
+                .then(|| vec!["no-new-privileges:true".into()]),
+            pids_limit: plan.confinement.pids_limit,
+            memory: plan.confinement.memory_bytes,
             ..Default::default()
         }),
         ..Default::default()

@@ -35,6 +35,11 @@ pub const AGENT_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 pub const AGENT_CA_READY: &str = "/usr/local/share/ca-certificates/claude-bottle-mitm.ready";
 /// The agent's entrypoint: wait for [`AGENT_CA_READY`], then run the agent command (`"$@"`).
 pub const AGENT_WAIT_FOR_CA: &str = "while [ ! -e /usr/local/share/ca-certificates/claude-bottle-mitm.ready ]; do sleep 0.1; done; exec \"$@\"";
+/// The agent's default pids limit: Claude Code with its tools runs well under it; a fork bomb
+/// stops at it.
+pub const AGENT_PIDS_LIMIT: i64 = 1024;
+/// The agent's default memory limit, 4 GiB.
+pub const AGENT_MEMORY_BYTES: i64 = 4 << 30;
 /// A resolver that answers nothing, at once: the scanner must resolve no names (Docker's
 /// embedded DNS on an internal network otherwise hangs 10 s per unknown name, measured).
 pub const DEAD_RESOLV_CONF: &str = "nameserver 127.0.0.1\noptions attempts:1 timeout:1\n";
@@ -227,6 +232,59 @@ pub struct ContainerPlan {
     pub dns_options: Vec<String>,
     /// A line on stdout that says the container is ready.
     pub ready_line: Option<String>,
+    /// What the container may do beyond its files and networks (Docker's defaults are wide).
+    pub confinement: Confinement,
+}
+
+/// The kernel's limits on a container (README.md, "The agent container"): no container of a
+/// bottle can gain privileges (setuid binaries, file capabilities); the agent and mitmproxy drop
+/// every capability a step of theirs does not need; the agent also gets a pids and a memory
+/// limit. The agent needs none: its CA is installed by `docker exec` as root, who owns the trust
+/// store without one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Confinement {
+    /// All dropped but these; None: the engine's default set (an image not built here, whose
+    /// needs are not known).
+    pub capabilities: Option<Vec<String>>,
+    pub no_new_privileges: bool,
+    /// Processes and threads the container may have at once; None: the engine's default.
+    pub pids_limit: Option<i64>,
+    /// Bytes of memory; None: the engine's default (no limit).
+    pub memory_bytes: Option<i64>,
+}
+
+impl Confinement {
+    /// No privilege gain, these capabilities only, the engine's limits.
+    pub fn service(capabilities: Option<&[&str]>) -> Self {
+        Confinement {
+            capabilities: capabilities.map(|c| c.iter().map(|s| s.to_string()).collect()),
+            no_new_privileges: true,
+            pids_limit: None,
+            memory_bytes: None,
+        }
+    }
+
+    /// The agent, the untrusted party: no capability at all, and limits.
+    pub fn agent() -> Self {
+        Confinement {
+            pids_limit: Some(AGENT_PIDS_LIMIT),
+            memory_bytes: Some(AGENT_MEMORY_BYTES),
+            ..Confinement::service(Some(&[]))
+        }
+    }
+
+    /// mitmproxy: the image built here starts as its user and needs no capability; the official
+    /// image's entrypoint chowns its confdir and drops to that user with gosu.
+    pub fn mitm(image: &str) -> Self {
+        let built_here = image
+            .strip_prefix(crate::images::recipes::Recipe::Mitmproxy.repository())
+            .is_some_and(|tag| tag.starts_with(':'));
+        Confinement::service(Some(if built_here {
+            &[]
+        } else {
+            &["CHOWN", "SETGID", "SETUID"]
+        }))
+    }
 }
 
 /// How the agent comes to trust mitmproxy's CA (the PRD's "CA lifecycle").
@@ -429,6 +487,8 @@ pub fn plan(spec: &BottleSpec) -> Result<BottlePlan, PlanError> {
         resolv_conf: Some(DEAD_RESOLV_CONF.into()),
         dns_options: vec![],
         ready_line: Some("\"event\":\"startup\"".into()),
+        // pipelock's image is not built here and cannot be run here to learn its needs.
+        confinement: Confinement::service(None),
     };
 
     let mut mitm_env = BTreeMap::from([(
@@ -518,6 +578,7 @@ pub fn plan(spec: &BottleSpec) -> Result<BottlePlan, PlanError> {
         resolv_conf: None,
         dns_options: vec![],
         ready_line: Some("bottle addon ready".into()),
+        confinement: Confinement::mitm(&spec.mitm_image),
     };
 
     let mut secret_env = spec.agent.secret_env.clone();
@@ -551,6 +612,7 @@ pub fn plan(spec: &BottleSpec) -> Result<BottlePlan, PlanError> {
         // instead of the 10 s Docker's embedded DNS takes on an internal network.
         dns_options: vec!["timeout:1".into(), "attempts:1".into()],
         ready_line: None,
+        confinement: Confinement::agent(),
     };
 
     Ok(BottlePlan {
@@ -695,6 +757,31 @@ mod tests {
         assert_eq!(agent.env["HTTPS_PROXY"], "http://bottle-demo-mitm:8080");
         assert_eq!(agent.env["NODE_EXTRA_CA_CERTS"], AGENT_CA_PATH);
         assert_eq!(agent.env["SSL_CERT_FILE"], AGENT_CA_BUNDLE);
+    }
+
+    #[test]
+    fn every_container_is_confined_and_the_agent_most() {
+        let plan = plan(&spec()).unwrap();
+        let agent = &plan.container(Role::Agent).confinement;
+        assert_eq!(agent.capabilities.as_deref(), Some(&[][..]));
+        assert!(agent.no_new_privileges);
+        assert_eq!(
+            (agent.pids_limit, agent.memory_bytes),
+            (Some(AGENT_PIDS_LIMIT), Some(AGENT_MEMORY_BYTES))
+        );
+        for role in [Role::Mitm, Role::Scanner] {
+            assert!(
+                plan.container(role).confinement.no_new_privileges,
+                "{role:?}"
+            );
+        }
+        let kept = |image: &str| Confinement::mitm(image).capabilities.unwrap();
+        assert!(kept("bottle-mitmproxy:0123456789abcdef").is_empty());
+        assert_eq!(
+            kept("mitmproxy/mitmproxy@sha256:00"),
+            ["CHOWN", "SETGID", "SETUID"]
+        );
+        assert_eq!(kept("bottle-mitmproxy-test:0123").len(), 3);
     }
 
     #[test]

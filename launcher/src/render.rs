@@ -123,6 +123,22 @@ fn container_text(out: &mut String, plan: &BottlePlan, container: &ContainerPlan
         .map(|a| plan.network(a.network).name.as_str())
         .collect();
     let _ = writeln!(out, "    networks:   {}", networks.join(", "));
+    let confinement = &container.confinement;
+    let mut limits = vec![match confinement.capabilities.as_deref() {
+        None => "the engine's default capabilities".to_string(),
+        Some([]) => "no capabilities".to_string(),
+        Some(kept) => format!("no capabilities but {}", kept.join(", ")),
+    }];
+    if confinement.no_new_privileges {
+        limits.push("no-new-privileges".into());
+    }
+    if let Some(pids) = confinement.pids_limit {
+        limits.push(format!("pids {pids}"));
+    }
+    if let Some(bytes) = confinement.memory_bytes {
+        limits.push(format!("memory {} MiB", bytes >> 20));
+    }
+    let _ = writeln!(out, "    limits:     {}", limits.join(", "));
     for (key, value) in &container.env {
         let _ = writeln!(out, "    env:        {key}={value}");
     }

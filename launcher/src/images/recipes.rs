@@ -133,6 +133,10 @@ const AGENT_PROBES: &[(&str, &[u8])] = &[
         "probes/probe-raw.py",
         recipe_bytes!("agent/probes/probe-raw.py"),
     ),
+    (
+        "probes/probe-inspect.py",
+        recipe_bytes!("agent/probes/probe-inspect.py"),
+    ),
 ];
 
 pub fn docker_recipe(recipe: Recipe, fixture_binaries: &[PathBuf]) -> Option<DockerRecipe> {
