@@ -146,6 +146,7 @@ fn spec(
             command: vec!["sleep".into(), "infinity".into()],
             env: agent_env,
             secret_env: Default::default(),
+            limits: Default::default(),
         },
         scanner: ScannerSpec {
             kind: ScannerKind::Double,

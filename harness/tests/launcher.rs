@@ -31,6 +31,7 @@ fn test_plan(images: &TestImages, name: &str, egress: &str) -> BottlePlan {
             command: vec!["sleep".into(), "infinity".into()],
             env: BTreeMap::new(),
             secret_env: BTreeSet::new(),
+            limits: Default::default(),
         },
         scanner: ScannerSpec {
             kind: ScannerKind::Double,

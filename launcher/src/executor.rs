@@ -292,8 +292,17 @@ async fn start_container(
                 .then(|| vec!["no-new-privileges:true".into()]),
             pids_limit: plan.confinement.pids_limit,
             memory: plan.confinement.memory_bytes,
+            readonly_rootfs: Some(plan.confinement.read_only_root),
+            tmpfs: Some(
+                plan.confinement
+                    .tmpfs
+                    .iter()
+                    .map(|path| (path.clone(), "rw,nosuid,nodev".to_string()))
+                    .collect(),
+            ),
             ..Default::default()
         }),
+        volumes: (!plan.confinement.volumes.is_empty()).then(|| plan.confinement.volumes.clone()),
         ..Default::default()
     };
     let created = docker
@@ -313,7 +322,7 @@ async fn start_container(
             e => engine(format!("creating container {}", plan.name))(e),
         })?;
     if !plan.files.is_empty() {
-        upload(docker, &created.id, &plan.name, &plan.files).await?;
+        upload(docker, &created.id, &plan.name, "/", &plan.files).await?;
     }
     for attachment in rest {
         docker
@@ -463,12 +472,18 @@ async fn provision_ca(
     let staged = stage.path().join("mitm-ca.crt");
     std::fs::write(&staged, &pem).map_err(io("staging mitmproxy's CA"))?;
     let text = std::fs::read_to_string(&staged).map_err(io("reading the staged CA"))?;
+    // Into the file's own directory: the agent's root filesystem is read-only, its trust store a
+    // volume (plan::Confinement::agent), and Docker unpacks an archive only into a writable mount.
+    let (dir, file_name) = ca
+        .agent_path
+        .rsplit_once('/')
+        .expect("the CA path is absolute");
     let file = plan::FilePlan {
-        path: ca.agent_path.clone(),
+        path: file_name.to_string(),
         contents: plan::FileContents::Text(text.clone()),
         mode: ca.mode,
     };
-    upload(docker, agent, agent, &[file]).await?;
+    upload(docker, agent, agent, &format!("{dir}/"), &[file]).await?;
     let chmod = vec![
         "chmod".to_string(),
         format!("{:o}", ca.mode),
@@ -491,11 +506,13 @@ async fn provision_ca(
     Ok(text)
 }
 
-/// Puts `files` into the container `id` (called `name` in errors), as one archive.
+/// Puts `files` (paths relative to the directory `into`) into the container `id` (called `name`
+/// in errors), as one archive.
 async fn upload(
     docker: &Docker,
     id: &str,
     name: &str,
+    into: &str,
     files: &[plan::FilePlan],
 ) -> Result<(), StartError> {
     let archive =
@@ -503,7 +520,7 @@ async fn upload(
     docker
         .upload_to_container(
             id,
-            Some(UploadToContainerOptionsBuilder::new().path("/").build()),
+            Some(UploadToContainerOptionsBuilder::new().path(into).build()),
             bollard::body_full(archive.into()),
         )
         .await

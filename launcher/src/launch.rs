@@ -234,6 +234,7 @@ pub fn spec(
             command,
             env: resolved.env,
             secret_env: resolved.secret_env,
+            limits: manifest.agent_limits.clone(),
         },
         scanner,
         mitm_image: images.mitm,

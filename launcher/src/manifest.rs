@@ -11,7 +11,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::plan::{
-    CredentialBinding, DEFAULT_ALLOWLIST, UpstreamCa, valid_host_pattern, valid_name,
+    AGENT_CA_DIR, AGENT_CA_STORE, AgentLimits, CredentialBinding, DEFAULT_ALLOWLIST, UpstreamCa,
+    valid_host_pattern, valid_name,
 };
 
 /// Env names the bottle sets in the agent itself: a proxy variable (or `NO_PROXY`) would let
@@ -50,6 +51,8 @@ pub struct Manifest {
     /// An existing Docker network for mitmproxy's egress, instead of one the bottle makes.
     pub egress_network: Option<String>,
     pub credentials: Vec<CredentialBinding>,
+    /// `[agent]` `pids_limit`, `memory_mib`, `home`: set only by name.
+    pub agent_limits: AgentLimits,
 }
 
 /// What [`Manifest::resolve`] found on the host.
@@ -109,6 +112,7 @@ impl Manifest {
             upstream_ca: None,
             egress_network: None,
             credentials: Vec::new(),
+            agent_limits: AgentLimits::default(),
         }
     }
 
@@ -183,6 +187,45 @@ impl Manifest {
             }
             let argv = command.into_inner().into_iter();
             manifest.agent_command = Some(argv.map(Spanned::into_inner).collect());
+        }
+        if let Some(pids) = agent.pids_limit {
+            if !(64..=65536).contains(pids.get_ref()) {
+                return Err(at.err(
+                    pids.span(),
+                    format!("agent.pids_limit {} is out of range", pids.get_ref()),
+                    "give 64 to 65536 processes and threads (default 1024), or remove the key",
+                ));
+            }
+            manifest.agent_limits.pids_limit = Some(pids.into_inner());
+        }
+        if let Some(memory) = agent.memory_mib {
+            if !(256..=1 << 20).contains(memory.get_ref()) {
+                return Err(at.err(
+                    memory.span(),
+                    format!("agent.memory_mib {} is out of range", memory.get_ref()),
+                    "give 256 to 1048576 MiB (default 4096), or remove the key",
+                ));
+            }
+            manifest.agent_limits.memory_mib = Some(memory.into_inner());
+        }
+        if let Some(home) = agent.home {
+            let path = home.get_ref();
+            let reserved = [AGENT_CA_DIR, AGENT_CA_STORE, "/tmp"];
+            if !path.starts_with('/')
+                || path.len() < 2
+                || path.ends_with('/')
+                || path.split('/').any(|part| part == ".." || part == ".")
+                || reserved
+                    .iter()
+                    .any(|r| path == *r || path.starts_with(&format!("{r}/")))
+            {
+                return Err(at.err(
+                    home.span(),
+                    format!("agent.home {path:?} cannot be where the agent works"),
+                    "give the absolute path of the agent user's home in your image                      (`/home/dev`); not `/`, /tmp or the trust store",
+                ));
+            }
+            manifest.agent_limits.home = Some(home.into_inner());
         }
         for (key, value) in agent.env {
             at.check_env_name(&key, "agent.env")?;
@@ -515,6 +558,9 @@ struct RawAgent {
     env: BTreeMap<Spanned<String>, Spanned<String>>,
     #[serde(default)]
     pass_env: Vec<Spanned<String>>,
+    pids_limit: Option<Spanned<i64>>,
+    memory_mib: Option<Spanned<i64>>,
+    home: Option<Spanned<String>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -767,6 +813,36 @@ env = "TOKEN"
         assert!(message.contains(":2:12:"), "{message}");
         assert_error("[agent]\nimage = \"\"", 2, "name an image");
         assert_error("[agent]\nimage = \"a:1\"", 2, "add `command = ");
+    }
+
+    #[test]
+    fn the_agents_limits_are_set_by_name_within_bounds() {
+        let m =
+            parse("[agent]\npids_limit = 2048\nmemory_mib = 8192\nhome = \"/home/dev\"").unwrap();
+        assert_eq!(
+            m.agent_limits,
+            AgentLimits {
+                pids_limit: Some(2048),
+                memory_mib: Some(8192),
+                home: Some("/home/dev".into()),
+            }
+        );
+        assert_eq!(
+            m.agent_limits.set_by_name(),
+            ["agent.pids_limit", "agent.memory_mib", "agent.home"]
+        );
+        assert_eq!(parse("").unwrap().agent_limits, AgentLimits::default());
+        assert_error("[agent]\npids_limit = 10", 2, "give 64 to 65536");
+        assert_error("[agent]\nmemory_mib = 0", 2, "give 256 to 1048576");
+        for home in [
+            "\"/\"",
+            "\"home\"",
+            "\"/tmp\"",
+            "\"/etc/ssl/certs/x\"",
+            "\"/a/../etc\"",
+        ] {
+            assert_error(&format!("[agent]\nhome = {home}"), 2, "absolute path");
+        }
     }
 
     #[test]

@@ -35,6 +35,11 @@ pub const AGENT_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 pub const AGENT_CA_READY: &str = "/usr/local/share/ca-certificates/claude-bottle-mitm.ready";
 /// The agent's entrypoint: wait for [`AGENT_CA_READY`], then run the agent command (`"$@"`).
 pub const AGENT_WAIT_FOR_CA: &str = "while [ ! -e /usr/local/share/ca-certificates/claude-bottle-mitm.ready ]; do sleep 0.1; done; exec \"$@\"";
+/// Where the agent works: its home in the images built here (the `agent` user).
+pub const AGENT_HOME: &str = "/home/agent";
+/// The trust store `update-ca-certificates` reads (the CA is copied here) and writes.
+pub const AGENT_CA_DIR: &str = "/usr/local/share/ca-certificates";
+pub const AGENT_CA_STORE: &str = "/etc/ssl/certs";
 /// The agent's default pids limit: Claude Code with its tools runs well under it; a fork bomb
 /// stops at it.
 pub const AGENT_PIDS_LIMIT: i64 = 1024;
@@ -85,6 +90,30 @@ pub struct BottleSpec {
     pub credentials: Vec<CredentialBinding>,
 }
 
+/// The agent's limits a `bottle.toml` may set by name (`[agent]`); None: the default.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentLimits {
+    pub pids_limit: Option<i64>,
+    pub memory_mib: Option<i64>,
+    /// Where the agent works besides /tmp: a volume in its read-only filesystem.
+    pub home: Option<String>,
+}
+
+impl AgentLimits {
+    /// The keys set, as `bottle.toml` names them: the dry run says which limits are not ours.
+    pub fn set_by_name(&self) -> Vec<String> {
+        [
+            ("pids_limit", self.pids_limit.is_some()),
+            ("memory_mib", self.memory_mib.is_some()),
+            ("home", self.home.is_some()),
+        ]
+        .into_iter()
+        .filter(|(_, set)| *set)
+        .map(|(name, _)| format!("agent.{name}"))
+        .collect()
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct AgentSpec {
     pub image: String,
@@ -93,6 +122,7 @@ pub struct AgentSpec {
     pub env: BTreeMap<String, String>,
     /// Names in `env` whose values are secrets: never printed (`BottlePlan::redacted`).
     pub secret_env: BTreeSet<String>,
+    pub limits: AgentLimits,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -251,6 +281,14 @@ pub struct Confinement {
     pub pids_limit: Option<i64>,
     /// Bytes of memory; None: the engine's default (no limit).
     pub memory_bytes: Option<i64>,
+    /// The image's filesystem is mounted read-only; only `tmpfs` and `volumes` can be written.
+    pub read_only_root: bool,
+    /// Empty, in memory, gone with the container.
+    pub tmpfs: Vec<String>,
+    /// Anonymous volumes, seeded with the image's files there, removed with the container.
+    pub volumes: Vec<String>,
+    /// The `bottle.toml` keys that set any of this (the dry run names them).
+    pub set_in_manifest: Vec<String>,
 }
 
 impl Confinement {
@@ -261,14 +299,31 @@ impl Confinement {
             no_new_privileges: true,
             pids_limit: None,
             memory_bytes: None,
+            read_only_root: false,
+            tmpfs: Vec::new(),
+            volumes: Vec::new(),
+            set_in_manifest: Vec::new(),
         }
     }
 
-    /// The agent, the untrusted party: no capability at all, and limits.
-    pub fn agent() -> Self {
+    /// The agent, the untrusted party: no capability at all, limits, and a read-only root
+    /// filesystem but for its home, /tmp and the trust store (root's: the agent cannot write
+    /// it; the CA is installed there after start).
+    pub fn agent(limits: &AgentLimits) -> Self {
+        let home = limits.home.as_deref().unwrap_or(AGENT_HOME);
         Confinement {
-            pids_limit: Some(AGENT_PIDS_LIMIT),
-            memory_bytes: Some(AGENT_MEMORY_BYTES),
+            pids_limit: Some(limits.pids_limit.unwrap_or(AGENT_PIDS_LIMIT)),
+            memory_bytes: Some(
+                limits
+                    .memory_mib
+                    .map_or(AGENT_MEMORY_BYTES, |mib| mib << 20),
+            ),
+            read_only_root: true,
+            tmpfs: vec!["/tmp".into()],
+            volumes: [home, AGENT_CA_DIR, AGENT_CA_STORE]
+                .map(String::from)
+                .to_vec(),
+            set_in_manifest: limits.set_by_name(),
             ..Confinement::service(Some(&[]))
         }
     }
@@ -612,7 +667,7 @@ pub fn plan(spec: &BottleSpec) -> Result<BottlePlan, PlanError> {
         // instead of the 10 s Docker's embedded DNS takes on an internal network.
         dns_options: vec!["timeout:1".into(), "attempts:1".into()],
         ready_line: None,
-        confinement: Confinement::agent(),
+        confinement: Confinement::agent(&spec.agent.limits),
     };
 
     Ok(BottlePlan {
@@ -692,6 +747,7 @@ mod tests {
                     "sk-ant-test-0123456789".into(),
                 )]),
                 secret_env: BTreeSet::new(),
+                limits: Default::default(),
             },
             scanner: ScannerSpec {
                 kind: ScannerKind::Double,
@@ -769,6 +825,16 @@ mod tests {
             (agent.pids_limit, agent.memory_bytes),
             (Some(AGENT_PIDS_LIMIT), Some(AGENT_MEMORY_BYTES))
         );
+        // Read-only but where it works, and the trust store its CA goes into (as root).
+        assert!(agent.read_only_root);
+        assert_eq!(agent.tmpfs, ["/tmp"]);
+        for dir in [AGENT_HOME, AGENT_CA_DIR, AGENT_CA_STORE] {
+            assert!(agent.volumes.iter().any(|v| v == dir), "{dir}");
+        }
+        assert!(
+            AGENT_CA_PATH.starts_with(AGENT_CA_DIR) && AGENT_CA_READY.starts_with(AGENT_CA_DIR)
+        );
+        assert!(AGENT_CA_BUNDLE.starts_with(AGENT_CA_STORE));
         for role in [Role::Mitm, Role::Scanner] {
             assert!(
                 plan.container(role).confinement.no_new_privileges,

@@ -138,7 +138,30 @@ fn container_text(out: &mut String, plan: &BottlePlan, container: &ContainerPlan
     if let Some(bytes) = confinement.memory_bytes {
         limits.push(format!("memory {} MiB", bytes >> 20));
     }
+    if confinement.read_only_root {
+        limits.push("read-only root".into());
+    }
+    if !confinement.set_in_manifest.is_empty() {
+        limits.push(format!(
+            "set in bottle.toml: {}",
+            confinement.set_in_manifest.join(", ")
+        ));
+    }
     let _ = writeln!(out, "    limits:     {}", limits.join(", "));
+    let writable: Vec<String> = confinement
+        .tmpfs
+        .iter()
+        .map(|path| format!("{path} (tmpfs)"))
+        .chain(
+            confinement
+                .volumes
+                .iter()
+                .map(|path| format!("{path} (volume)")),
+        )
+        .collect();
+    if !writable.is_empty() {
+        let _ = writeln!(out, "    writable:   {}", writable.join(", "));
+    }
     for (key, value) in &container.env {
         let _ = writeln!(out, "    env:        {key}={value}");
     }

@@ -24,6 +24,7 @@ fn golden_plan(scanner: ScannerKind) -> BottlePlan {
                 ("ANTHROPIC_API_KEY".into(), SECRET.into()),
             ]),
             secret_env: BTreeSet::from(["ANTHROPIC_API_KEY".into()]),
+            limits: Default::default(),
         },
         scanner: match scanner {
             ScannerKind::Pipelock => ScannerSpec {
