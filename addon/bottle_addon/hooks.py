@@ -431,27 +431,17 @@ class BottleAddon:
             return
         try:
             self.log.write(
-                {
-                    "event": "bottle_decision",
-                    "id": str(uuid.uuid4()),
-                    "time": record.timestamp(time.time()),
-                    "client": _address(context.client.peername),
-                    "method": None,
-                    "url": None,
-                    "host": record.REDACTED,
-                    "sni": record.REDACTED if context.client.sni else None,
-                    "http_version": None,
-                    "verdict": "block",
-                    "decided_by": "addon",
-                    "reason": "layer_refused",
-                    "detail": problem,
-                    "scanner": None,
-                    "status": None,
-                    "duration_ms": None,
-                    "bytes": None,
-                    "credential": None,
-                    "error": None,
-                }
+                record.decision(
+                    id=str(uuid.uuid4()),
+                    time=record.timestamp(time.time()),
+                    client=_address(context.client.peername),
+                    host=record.REDACTED,
+                    sni=record.REDACTED if context.client.sni else None,
+                    verdict="block",
+                    decided_by="addon",
+                    reason="layer_refused",
+                    detail=problem,
+                )
             )
         except Exception:
             logger.exception("bottle: writing the decision record of a refused connection failed")
@@ -649,38 +639,37 @@ def decision_record(flow: http.HTTPFlow, state: dict[str, Any]) -> dict[str, Any
         response_bytes = len(response.raw_content)
     else:
         response_bytes = None
-    return {
-        "event": "bottle_decision",
-        "id": flow.id,
-        "time": record.timestamp(request.timestamp_start),
-        "client": f"{peer[0]}:{peer[1]}" if peer else None,
+    return record.decision(
+        id=flow.id,
+        time=record.timestamp(request.timestamp_start),
+        client=f"{peer[0]}:{peer[1]}" if peer else None,
         # A refused method is agent-chosen bytes that no one judged: never written out.
-        "method": "[refused]" if state.get("reason") == "method_not_allowed" else request.method,
+        method="[refused]" if state.get("reason") == "method_not_allowed" else request.method,
         # A blocked request's URL, host and TLS server name may be where its secret is.
-        "url": url if allowed else record.redacted_url(url),
-        "host": request.host if allowed else record.REDACTED,
-        "sni": flow.client_conn.sni if allowed or not flow.client_conn.sni else record.REDACTED,
-        "http_version": {"client": request.http_version, "upstream": upstream_version},
-        "verdict": "allow" if allowed else "block",
-        "decided_by": state.get("decided_by", "addon"),
-        "reason": state.get("reason"),
-        "detail": state.get("detail"),
-        "scanner": state.get("scanner"),
-        "status": response.status_code if response is not None else None,
-        "duration_ms": {
+        url=url if allowed else record.redacted_url(url),
+        host=request.host if allowed else record.REDACTED,
+        sni=flow.client_conn.sni if allowed or not flow.client_conn.sni else record.REDACTED,
+        http_version={"client": request.http_version, "upstream": upstream_version},
+        verdict="allow" if allowed else "block",
+        decided_by=state.get("decided_by", "addon"),
+        reason=state.get("reason"),
+        detail=state.get("detail"),
+        scanner=state.get("scanner"),
+        status=response.status_code if response is not None else None,
+        duration_ms={
             "verdict": state.get("verdict_ms"),
             "total": round((now - request.timestamp_start) * 1000, 3),
         },
-        "bytes": {
+        bytes={
             "request_body": len(request.raw_content) if request.raw_content is not None else None,
             "response_body": response_bytes,
         },
-        "credential": state.get("credential"),
+        credential=state.get("credential"),
         # What was judged and sent, for allowed requests (canonical.py).
-        "judged": state.get("judged") if allowed else None,
+        judged=state.get("judged") if allowed else None,
         # mitmproxy's error text may quote the agent's bytes; an allowed request's were judged.
-        "error": (flow.error.msg if allowed else record.REDACTED) if flow.error else None,
-    }
+        error=(flow.error.msg if allowed else record.REDACTED) if flow.error else None,
+    )
 
 
 def _answer_block(flow: http.HTTPFlow, state: dict[str, Any], block: policy.Block) -> None:

@@ -19,6 +19,39 @@ def timestamp(epoch_seconds: float) -> str:
 
 REDACTED = "[redacted]"
 
+# Every key of a decision record, in the order written: one list, so a record of any kind (a
+# flow, a refused connection) has them all and a new key is added once.
+KEYS = (
+    "event",
+    "id",
+    "time",
+    "client",
+    "method",
+    "url",
+    "host",
+    "sni",
+    "http_version",
+    "verdict",
+    "decided_by",
+    "reason",
+    "detail",
+    "scanner",
+    "status",
+    "duration_ms",
+    "bytes",
+    "credential",
+    "judged",
+    "error",
+)
+
+
+def decision(**fields: Any) -> dict[str, Any]:
+    """A decision record: the keys not given are null; a key not in `KEYS` is a bug."""
+    unknown = set(fields) - set(KEYS)
+    if unknown:
+        raise KeyError(f"not decision record keys: {sorted(unknown)}")
+    return {key: fields.get(key) for key in KEYS} | {"event": "bottle_decision"}
+
 
 def redacted_url(url: str) -> str:
     """`scheme://[redacted]`: a blocked request may carry its secret anywhere in its URL, the

@@ -174,3 +174,13 @@ def test_a_scanners_text_keeps_its_own_words_only(text: str, written: str | None
 )
 def test_a_scanners_reason_code_is_a_word(code: str | None, written: str | None) -> None:
     assert logs.scanner_code(code) == written
+
+
+def test_a_decision_record_has_every_key_and_no_other() -> None:
+    from bottle_addon import record
+
+    written = record.decision(id="x", verdict="block")
+    assert list(written) == list(record.KEYS)
+    assert (written["event"], written["id"], written["host"]) == ("bottle_decision", "x", None)
+    with pytest.raises(KeyError):
+        record.decision(hostname="a secret's place")
