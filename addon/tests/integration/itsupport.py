@@ -297,7 +297,6 @@ class Upstream(_Server):
         self.connections: list[UpstreamConnection] = []
         self.requests: list[UpstreamRequest] = []
         self.raw_after_switch = b""
-        self._sni: dict[int, str] = {}
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(pki.cert_pem, pki.key_pem)
         self.ctx.set_alpn_protocols(["h2", "http/1.1"] if h2 else ["http/1.1"])
@@ -309,9 +308,11 @@ class Upstream(_Server):
             self.requests.clear()
             self.raw_after_switch = b""
 
-    def _on_sni(self, sslsock: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
-        if name is not None:
-            self._sni[id(sslsock)] = name
+    @staticmethod
+    def _on_sni(sslsock: ssl.SSLSocket, name: str | None, _ctx: ssl.SSLContext) -> None:
+        # Kept on the socket itself: a table keyed by id() gave a handshake without SNI the name
+        # of an earlier, collected socket whose id was reused (a flaky test).
+        sslsock.bottle_sni = name  # type: ignore[attr-defined]
 
     def handle(self, sock: socket.socket, peer: tuple[str, int]) -> None:
         record = UpstreamConnection(peer=peer, accepted_at=time.monotonic())
@@ -320,7 +321,7 @@ class Upstream(_Server):
         sock.settimeout(10)
         if self.tls:
             tls: socket.socket = self.ctx.wrap_socket(sock, server_side=True)
-            record.sni = self._sni.get(id(tls))
+            record.sni = getattr(tls, "bottle_sni", None)
             record.tls_ok = True
             record.alpn = tls.selected_alpn_protocol()
         else:
