@@ -9,6 +9,7 @@ pub mod cleanup;
 pub mod copy;
 pub mod exec;
 pub mod fixture_bins;
+pub mod host_listener;
 pub mod images;
 pub mod network;
 pub mod pool;

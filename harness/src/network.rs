@@ -149,3 +149,41 @@ pub async fn subnet(docker: &Docker, network: &str) -> Result<String> {
         .and_then(|configs| configs.into_iter().find_map(|c| c.subnet))
         .with_context(|| format!("network {network} has no subnet"))
 }
+
+/// The network's (first) IPv4 gateway as Docker's IPAM records it: the host's address on the
+/// bridge, unless the network was made without one (`inhibit_ipv4`), when nothing answers there.
+/// Docker records none for its default bridge: there it is the subnet's first address.
+pub async fn gateway(docker: &Docker, network: &str) -> Result<String> {
+    let configs = docker
+        .inspect_network(
+            network,
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await
+        .with_context(|| format!("inspecting network {network}"))?
+        .ipam
+        .and_then(|ipam| ipam.config)
+        .unwrap_or_default();
+    if let Some(gateway) = configs.iter().find_map(|c| c.gateway.clone()) {
+        return Ok(gateway);
+    }
+    let first_of = |subnet: &str| -> Option<String> {
+        let base: std::net::Ipv4Addr = subnet.split('/').next()?.parse().ok()?;
+        Some(std::net::Ipv4Addr::from(u32::from(base) + 1).to_string())
+    };
+    configs
+        .iter()
+        .find_map(|c| c.subnet.as_deref().and_then(first_of))
+        .with_context(|| format!("network {network} has no IPv4 gateway or subnet"))
+}
+
+/// This host's address on its default route (what a container would reach as "the host" besides
+/// a bridge's gateway). No packet is sent: connecting a UDP socket only picks the route.
+pub fn host_address() -> Result<String> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    socket
+        .connect("192.0.2.255:9")
+        .or_else(|_| socket.connect("10.255.255.255:9"))
+        .context("the host has no IPv4 route to pick its own address from")?;
+    Ok(socket.local_addr()?.ip().to_string())
+}

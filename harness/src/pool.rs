@@ -49,8 +49,8 @@ impl Pool {
         dir.is_dir().then_some(Pool { dir })
     }
 
-    /// Blocks until one of the pool's bottles is free, and takes it.
-    pub async fn lease(&self) -> Result<Lease> {
+    /// The names of the pool's bottles, leased or not.
+    pub fn names(&self) -> Result<Vec<String>> {
         let mut names = Vec::new();
         for entry in std::fs::read_dir(&self.dir)
             .with_context(|| format!("reading the pool {}", self.dir.display()))?
@@ -60,6 +60,12 @@ impl Pool {
                 names.push(name.to_string());
             }
         }
+        Ok(names)
+    }
+
+    /// Blocks until one of the pool's bottles is free, and takes it.
+    pub async fn lease(&self) -> Result<Lease> {
+        let mut names = self.names()?;
         if names.is_empty() {
             bail!("the pool {} has no bottles", self.dir.display());
         }

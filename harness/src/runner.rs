@@ -10,6 +10,7 @@ use bottle::plan::{NetworkRole, Role};
 use serde_json::{Value, json};
 
 use crate::chain::{Chain, ChainOptions};
+use crate::host_listener::{self, HostListener};
 use crate::pool::Pool;
 use crate::probe::{self, ProbeRequest, ProbeResult};
 use crate::scenario::{self, Case, Scenario};
@@ -111,18 +112,22 @@ async fn exercise(case: &Case, chain: &Chain) -> Result<(Vec<String>, Value)> {
     if let Some(upstream) = &s.upstream {
         chain.put_routes(&upstream.routes_json()).await?;
     }
-    let scanner = chain.plan.container(Role::Scanner);
-    let scanner_ip = network::ip(
-        chain.docker(),
-        &chain.plan.network(NetworkRole::Scan).name,
-        &scanner.name,
-    )
-    .await?;
-    let url = request
-        .url
-        .replace("{scanner}", &scanner.name)
-        .replace("{scanner_ip}", &scanner_ip)
-        .replace("{upstream_ip}", &chain.upstream_ip);
+    let listener = match host_listener::wanted(&request.url) {
+        true => Some(HostListener::bind().await?),
+        false => None,
+    };
+    let neighbour = match request.url.contains("{neighbour_") {
+        true => Some(Neighbour::find(chain).await?),
+        false => None,
+    };
+    let filled = async {
+        let url = fill_url(&request.url, chain, listener.as_ref()).await?;
+        match &neighbour {
+            Some(n) => fill_neighbour(&url, &n.chain).await,
+            None => Ok(url),
+        }
+    };
+    let url = filled.await?;
     let mut probe_request = ProbeRequest::new(&request.method, &url);
     probe_request.headers = request
         .headers
@@ -168,16 +173,145 @@ async fn exercise(case: &Case, chain: &Chain) -> Result<(Vec<String>, Value)> {
     };
     let records = chain.upstream_records().await?;
     let log_lines = chain.chain_log_lines().await?;
+    // A datagram or a connection's first bytes may still be on their way.
+    let host_records = match &listener {
+        Some(listener) => {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            listener.records()
+        }
+        None => Vec::new(),
+    };
     let evidence = json!({
         "probe": probe_evidence(&result),
         "decision": decision,
         "pipelock_events": joined,
         "upstream_receipts": records,
+        "host_records": host_records,
         "url": url,
     });
     let mut failures = check(s, &result, decision.as_ref(), &joined, &records);
     failures.extend(secret_in_chain_logs(s, &log_lines));
+    failures.extend(heard_on_host(s, &host_records));
+    if let Some(neighbour) = neighbour {
+        neighbour.let_go().await?;
+    }
     Ok((failures, evidence))
+}
+
+/// The case's URL with its placeholders filled: the bottle's names and addresses, and the host
+/// listener's port. Only the addresses the URL names are looked up.
+async fn fill_url(url: &str, chain: &Chain, listener: Option<&HostListener>) -> Result<String> {
+    let docker = chain.docker();
+    let scanner = &chain.plan.container(Role::Scanner).name;
+    let network_of = |role: NetworkRole| chain.plan.network(role).name.clone();
+    let mut filled = url
+        .replace("{scanner}", scanner)
+        .replace("{upstream_ip}", &chain.upstream_ip);
+    if filled.contains("{scanner_ip}") {
+        let ip = network::ip(docker, &network_of(NetworkRole::Scan), scanner).await?;
+        filled = filled.replace("{scanner_ip}", &ip);
+    }
+    for (placeholder, network) in [
+        ("{agent_gateway}", network_of(NetworkRole::Agent)),
+        ("{scan_gateway}", network_of(NetworkRole::Scan)),
+        ("{egress_gateway}", network_of(NetworkRole::Egress)),
+        // Docker's default bridge (docker0): the host's address every engine has.
+        ("{bridge_gateway}", "bridge".to_string()),
+    ] {
+        if filled.contains(placeholder) {
+            let gateway = network::gateway(docker, &network).await?;
+            filled = filled.replace(placeholder, &gateway);
+        }
+    }
+    if filled.contains("{host_ip}") {
+        filled = filled.replace("{host_ip}", &network::host_address()?);
+    }
+    if let Some(listener) = listener {
+        filled = filled.replace(host_listener::PORT_PLACEHOLDER, &listener.port.to_string());
+    }
+    Ok(filled)
+}
+
+/// Another bottle up at the same time (ISOLATION): a pool bottle other than the case's, used
+/// as it is (only addresses are read from it), or else one brought up for the case.
+struct Neighbour {
+    chain: Chain,
+    owned: bool,
+}
+
+impl Neighbour {
+    async fn find(mine: &Chain) -> Result<Neighbour> {
+        let docker = mine.docker();
+        let images = images::ensure(docker).await?;
+        if let Some(pool) = Pool::from_env() {
+            let names = pool.names()?;
+            if let Some(other) = names.iter().find(|name| **name != mine.plan.name) {
+                let chain = Chain::attach(docker, &images, other).await?;
+                return Ok(Neighbour {
+                    chain,
+                    owned: false,
+                });
+            }
+        }
+        let chain = Chain::up(docker, &images, ChainOptions::default()).await?;
+        Ok(Neighbour { chain, owned: true })
+    }
+
+    async fn let_go(self) -> Result<()> {
+        match self.owned {
+            true => self.chain.down().await,
+            false => Ok(()),
+        }
+    }
+}
+
+/// The neighbour's addresses: its agent and mitmproxy on its agent network, its scanner, and the
+/// gateway of its agent network (the host's side, if it had one).
+async fn fill_neighbour(url: &str, neighbour: &Chain) -> Result<String> {
+    let docker = neighbour.docker();
+    let plan = &neighbour.plan;
+    let mut filled = url.to_string();
+    for (placeholder, network, role) in [
+        ("{neighbour_agent_ip}", NetworkRole::Agent, Role::Agent),
+        ("{neighbour_mitm_ip}", NetworkRole::Agent, Role::Mitm),
+        ("{neighbour_scanner_ip}", NetworkRole::Scan, Role::Scanner),
+    ] {
+        if filled.contains(placeholder) {
+            let network = &plan.network(network).name;
+            let ip = network::ip(docker, network, &plan.container(role).name).await?;
+            filled = filled.replace(placeholder, &ip);
+        }
+    }
+    if filled.contains("{neighbour_agent_gateway}") {
+        let gateway = network::gateway(docker, &plan.network(NetworkRole::Agent).name).await?;
+        filled = filled.replace("{neighbour_agent_gateway}", &gateway);
+    }
+    Ok(filled)
+}
+
+/// What the host listener heard, against `host_records` and the case's secret.
+fn heard_on_host(s: &Scenario, heard: &[Value]) -> Vec<String> {
+    let mut failures = Vec::new();
+    if let Some(expected) = s.expect.host_records
+        && heard.len() != expected as usize
+    {
+        failures.push(format!(
+            "the host's listener expected {expected} connections or datagrams, got {}: {heard:?}",
+            heard.len()
+        ));
+    }
+    if let Some(secret) = &s.expect.secret {
+        let secret = secret.to_ascii_lowercase();
+        for record in heard {
+            if record["bytes"]
+                .as_str()
+                .is_some_and(|bytes| bytes.to_ascii_lowercase().contains(&secret))
+            {
+                failures.push(format!("the secret reached the host: {record}"));
+            }
+        }
+    }
+    failures
 }
 
 fn probe_evidence(result: &ProbeResult) -> Value {
@@ -222,6 +356,19 @@ pub fn check(
     if let Some(error) = result.error.as_deref().filter(|e| e.starts_with("probe:")) {
         // The probe itself broke: no client outcome, so no expectation can count as met.
         fail(format!("the probe did not run: {error}"));
+    }
+    if e.no_answer {
+        let error = result
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if result.status.is_some() || ["refused", "reset"].iter().any(|w| error.contains(w)) {
+            fail(format!(
+                "expected no answer from the address, got {}",
+                answer()
+            ));
+        }
     }
     if !e.error && e.status.is_none() && result.error.is_some() {
         fail(format!("the client failed: {}", answer()));

@@ -41,10 +41,11 @@ pub enum Family {
     Stream,
     Reach,
     Harden,
+    Isolation,
 }
 
 impl Family {
-    pub const ALL: [Family; 15] = [
+    pub const ALL: [Family; 16] = [
         Family::Block,
         Family::Pass,
         Family::H2,
@@ -60,6 +61,7 @@ impl Family {
         Family::Stream,
         Family::Reach,
         Family::Harden,
+        Family::Isolation,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -79,6 +81,7 @@ impl Family {
             Family::Stream => "STREAM",
             Family::Reach => "REACH",
             Family::Harden => "HARDEN",
+            Family::Isolation => "ISOLATION",
         }
     }
 
@@ -435,6 +438,14 @@ pub struct Expect {
     /// The authority every upstream receipt carries (h1 Host, h2 `:authority`): the chain's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_authority: Option<String>,
+    /// The address gave the client no answer at all: it failed, and not by a refusal or a reset
+    /// (an address that refuses a connection has answered: it is reachable).
+    #[serde(default)]
+    pub no_answer: bool,
+    /// Exact number of connections and datagrams the test's listener on the host got (the URL
+    /// names its port, `{host_port}`; `host_records = 0`: nothing reached the host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_records: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alpn: Option<AlpnExpect>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -757,6 +768,20 @@ fn validate(s: &Scenario) -> Vec<String> {
         problems.push(
             "expect.error = true means no response, so body_contains, body_equals_upstream and \
              headers cannot hold"
+                .into(),
+        );
+    }
+    if e.no_answer && !e.error {
+        problems.push("expect.no_answer needs expect.error = true: no answer is a failure".into());
+    }
+    let names_host_port = s
+        .request
+        .as_ref()
+        .is_some_and(|r| r.url.contains("{host_port}"));
+    if e.host_records.is_some() != names_host_port {
+        problems.push(
+            "expect.host_records and a URL on {host_port} go together: the listener on the host \
+             hears only its own port"
                 .into(),
         );
     }

@@ -96,6 +96,13 @@ pub enum StartError {
         context: String,
         source: std::io::Error,
     },
+    #[error(
+        "this Docker engine is {engine}: there {why}, so the agent's only route (mitmproxy's \
+         proxy port) cannot be made to hold, and bottle does not start an agent that could \
+         reach around it. Use a rootful Docker Engine on Linux (README.md, \"The agent's only \
+         route\")"
+    )]
+    EngineCannotConfine { engine: String, why: String },
     #[error("failure injected at step {0:?} (test)")]
     Injected(Step),
     #[error(
@@ -153,6 +160,9 @@ pub struct Running {
     pub ids: HashMap<Role, String>,
 }
 
+/// Docker's bridge option that leaves the host without an address on the network.
+pub const INHIBIT_IPV4: &str = "com.docker.network.bridge.inhibit_ipv4";
+
 /// Starts the bottle; on any error everything it made is removed before the error returns.
 pub async fn start(
     docker: &Docker,
@@ -162,6 +172,7 @@ pub async fn start(
     if exists(docker, &plan.name).await? {
         return Err(StartError::NameInUse(plan.name.clone()));
     }
+    confining_engine(docker).await?;
     for container in &plan.containers {
         image_present(docker, &container.image).await?;
     }
@@ -192,6 +203,9 @@ async fn start_steps(
                 name: network.name.clone(),
                 internal: Some(network.internal),
                 labels: Some(labels.clone().into_iter().collect()),
+                // No host address on the bridge: nothing on the host side answers there.
+                options: (!network.host_address)
+                    .then(|| HashMap::from([(INHIBIT_IPV4.to_string(), "true".to_string())])),
                 ..Default::default()
             })
             .await
@@ -230,6 +244,53 @@ async fn start_steps(
     let mut plan = plan.clone();
     plan.egress.mitm.ca_fingerprint = Some(fingerprint(&ca_pem).map_err(io("mitmproxy's CA"))?);
     Ok(Running { plan, ids })
+}
+
+/// The engines where the agent's confinement cannot hold, with the reason: the network it rests
+/// on (a bridge with no host address, README.md) is not the host's own there.
+pub fn unconfinable(
+    info: &bollard::models::SystemInfo,
+    version: &bollard::models::SystemVersion,
+) -> Option<(&'static str, &'static str)> {
+    let security = info.security_options.as_deref().unwrap_or_default();
+    if security
+        .iter()
+        .any(|option| option.contains("name=rootless"))
+    {
+        return Some((
+            "rootless Docker",
+            "containers' networks live in a user namespace whose way out (slirp4netns or \
+             pasta) forwards to the host's loopback, which no bridge option closes",
+        ));
+    }
+    let components = version.components.as_deref().unwrap_or_default();
+    if components.iter().any(|c| c.name.contains("Podman")) {
+        return Some((
+            "Podman",
+            "networks are made by netavark or CNI, which do not honour Docker's bridge options",
+        ));
+    }
+    let os = info.operating_system.as_deref().unwrap_or_default();
+    if os.contains("Docker Desktop") {
+        return Some((
+            "Docker Desktop",
+            "the engine runs in a VM whose network stack forwards host.docker.internal and the \
+             gateway to the host outside any bridge",
+        ));
+    }
+    None
+}
+
+async fn confining_engine(docker: &Docker) -> Result<(), StartError> {
+    let (info, version) = tokio::try_join!(docker.info(), docker.version())
+        .map_err(engine("asking which engine this is"))?;
+    match unconfinable(&info, &version) {
+        Some((engine, why)) => Err(StartError::EngineCannotConfine {
+            engine: engine.into(),
+            why: why.into(),
+        }),
+        None => Ok(()),
+    }
 }
 
 async fn image_present(docker: &Docker, image: &str) -> Result<(), StartError> {
@@ -279,6 +340,8 @@ async fn start_container(
         host_config: Some(HostConfig {
             network_mode: Some(bottle.network(first.network).name.clone()),
             dns_options: (!plan.dns_options.is_empty()).then(|| plan.dns_options.clone()),
+            dns: (!plan.dns_servers.is_empty()).then(|| plan.dns_servers.clone()),
+            sysctls: (!plan.sysctls.is_empty()).then(|| plan.sysctls.clone().into_iter().collect()),
             binds,
             cap_drop: plan
                 .confinement
@@ -771,5 +834,34 @@ mod tests {
     #[test]
     fn a_pem_without_a_certificate_has_no_fingerprint() {
         assert!(fingerprint("not a certificate").is_err());
+    }
+
+    #[test]
+    fn only_a_rootful_linux_engine_can_confine_the_agent() {
+        use bollard::models::{SystemInfo, SystemVersion, SystemVersionComponents};
+        let info = |security: &[&str], os: &str| SystemInfo {
+            security_options: Some(security.iter().map(|s| s.to_string()).collect()),
+            operating_system: Some(os.into()),
+            ..Default::default()
+        };
+        let engine = |name: &str| SystemVersion {
+            components: Some(vec![SystemVersionComponents {
+                name: name.into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        let docker = engine("Engine");
+        let this_machine = info(&["name=seccomp,profile=default"], "Debian GNU/Linux 12");
+        assert_eq!(unconfinable(&this_machine, &docker), None);
+        let rootless = info(&["name=seccomp,profile=default", "name=rootless"], "Ubuntu");
+        assert_eq!(
+            unconfinable(&rootless, &docker).unwrap().0,
+            "rootless Docker"
+        );
+        let desktop = info(&["name=seccomp,profile=default"], "Docker Desktop");
+        assert_eq!(unconfinable(&desktop, &docker).unwrap().0, "Docker Desktop");
+        let podman = unconfinable(&this_machine, &engine("Podman Engine"));
+        assert_eq!(podman.unwrap().0, "Podman");
     }
 }

@@ -48,6 +48,17 @@ pub const AGENT_MEMORY_BYTES: i64 = 4 << 30;
 /// A resolver that answers nothing, at once: the scanner must resolve no names (Docker's
 /// embedded DNS on an internal network otherwise hangs 10 s per unknown name, measured).
 pub const DEAD_RESOLV_CONF: &str = "nameserver 127.0.0.1\noptions attempts:1 timeout:1\n";
+/// Where the agent's and the scanner's embedded resolver forwards the names it does not know:
+/// Docker's resolver answers the names of the containers on a network itself and forwards every
+/// other query to the host's resolvers, from the host, even on an internal network (measured:
+/// the query name, a secret in it, reached the host's nameserver). Sent to the container's own
+/// loopback instead, a query never leaves the container.
+pub const OWN_LOOPBACK: &str = "127.0.0.1";
+/// The agent has no IPv6 at all: no link-local route to the host's side of any bridge.
+pub const NO_IPV6: [&str; 2] = [
+    "net.ipv6.conf.all.disable_ipv6",
+    "net.ipv6.conf.default.disable_ipv6",
+];
 /// The label every container and network of a bottle carries: the bottle's name.
 pub const BOTTLE_LABEL: &str = "org.bottle.bottle";
 pub const ROLE_LABEL: &str = "org.bottle.role";
@@ -210,6 +221,10 @@ pub struct NetworkPlan {
     pub role: NetworkRole,
     pub name: String,
     pub internal: bool,
+    /// False: the host has no address on the network (Docker's bridge option `inhibit_ipv4`):
+    /// no gateway answers there, so a container on it reaches no host address and nothing
+    /// routed (README.md, "The agent's only route").
+    pub host_address: bool,
     /// False when the network exists already (the bottle neither makes nor removes it).
     pub create: bool,
 }
@@ -260,6 +275,11 @@ pub struct ContainerPlan {
     pub resolv_conf: Option<String>,
     /// Resolver options (Docker's `--dns-option`).
     pub dns_options: Vec<String>,
+    /// Where Docker's embedded resolver sends the names it does not know itself (`--dns`);
+    /// empty: the host's resolvers.
+    pub dns_servers: Vec<String>,
+    /// Kernel settings of the container's network namespace (`--sysctl`).
+    pub sysctls: BTreeMap<String, String>,
     /// A line on stdout that says the container is ready.
     pub ready_line: Option<String>,
     /// What the container may do beyond its files and networks (Docker's defaults are wide).
@@ -479,12 +499,14 @@ pub fn plan(spec: &BottleSpec) -> Result<BottlePlan, PlanError> {
             role: NetworkRole::Agent,
             name: name("agent-net"),
             internal: true,
+            host_address: false,
             create: true,
         },
         NetworkPlan {
             role: NetworkRole::Scan,
             name: name("scan-net"),
             internal: true,
+            host_address: false,
             create: true,
         },
         match &spec.egress.network {
@@ -492,12 +514,14 @@ pub fn plan(spec: &BottleSpec) -> Result<BottlePlan, PlanError> {
                 role: NetworkRole::Egress,
                 name: existing.clone(),
                 internal: true,
+                host_address: true,
                 create: false,
             },
             None => NetworkPlan {
                 role: NetworkRole::Egress,
                 name: name("egress-net"),
                 internal: false,
+                host_address: true,
                 create: true,
             },
         },
@@ -541,6 +565,8 @@ pub fn plan(spec: &BottleSpec) -> Result<BottlePlan, PlanError> {
         files: scanner_files,
         resolv_conf: Some(DEAD_RESOLV_CONF.into()),
         dns_options: vec![],
+        dns_servers: vec![OWN_LOOPBACK.into()],
+        sysctls: BTreeMap::new(),
         ready_line: Some("\"event\":\"startup\"".into()),
         // pipelock's image is not built here and cannot be run here to learn its needs.
         confinement: Confinement::service(None),
@@ -632,6 +658,9 @@ pub fn plan(spec: &BottleSpec) -> Result<BottlePlan, PlanError> {
         files: mitm_files,
         resolv_conf: None,
         dns_options: vec![],
+        // mitmproxy resolves the upstreams' names: the host's resolvers, on the egress side.
+        dns_servers: vec![],
+        sysctls: BTreeMap::new(),
         ready_line: Some("bottle addon ready".into()),
         confinement: Confinement::mitm(&spec.mitm_image),
     };
@@ -666,6 +695,11 @@ pub fn plan(spec: &BottleSpec) -> Result<BottlePlan, PlanError> {
         // The agent resolves only mitmproxy's name; any other name fails in about a second
         // instead of the 10 s Docker's embedded DNS takes on an internal network.
         dns_options: vec!["timeout:1".into(), "attempts:1".into()],
+        dns_servers: vec![OWN_LOOPBACK.into()],
+        sysctls: NO_IPV6
+            .map(|key| (key.to_string(), "1".to_string()))
+            .into_iter()
+            .collect(),
         ready_line: None,
         confinement: Confinement::agent(&spec.agent.limits),
     };
@@ -789,6 +823,23 @@ mod tests {
             plan.container(Role::Scanner).resolv_conf.as_deref(),
             Some(DEAD_RESOLV_CONF)
         );
+    }
+
+    #[test]
+    fn the_agent_has_no_host_address_no_ipv6_and_no_dns_that_leaves_it() {
+        let plan = plan(&spec()).unwrap();
+        // No gateway answers on the agent's or the scanner's network; mitmproxy's way out has one.
+        assert!(!plan.network(NetworkRole::Agent).host_address);
+        assert!(!plan.network(NetworkRole::Scan).host_address);
+        assert!(plan.network(NetworkRole::Egress).host_address);
+        let agent = plan.container(Role::Agent);
+        assert_eq!(agent.dns_servers, [OWN_LOOPBACK]);
+        for key in NO_IPV6 {
+            assert_eq!(agent.sysctls[key], "1", "{key}");
+        }
+        assert_eq!(plan.container(Role::Scanner).dns_servers, [OWN_LOOPBACK]);
+        // mitmproxy resolves the upstreams: the host's resolvers.
+        assert!(plan.container(Role::Mitm).dns_servers.is_empty());
     }
 
     #[test]

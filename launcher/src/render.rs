@@ -44,7 +44,16 @@ pub fn text(plan: &BottlePlan) -> String {
         } else {
             "exists already; used, not removed"
         };
-        let _ = writeln!(out, "  {:<28} {reach:<8} {role} ({made})", network.name);
+        let host = if network.host_address {
+            ""
+        } else {
+            ", no host address"
+        };
+        let _ = writeln!(
+            out,
+            "  {:<28} {reach:<8} {role} ({made}{host})",
+            network.name
+        );
     }
 
     let _ = writeln!(out, "\ncontainers, in start order:");
@@ -189,6 +198,16 @@ fn container_text(out: &mut String, plan: &BottlePlan, container: &ContainerPlan
     }
     if !container.dns_options.is_empty() {
         let _ = writeln!(out, "    dns:        {}", container.dns_options.join(" "));
+    }
+    if !container.dns_servers.is_empty() {
+        let _ = writeln!(
+            out,
+            "    forwarder:  names Docker's resolver does not know go to {} (in the container)",
+            container.dns_servers.join(", ")
+        );
+    }
+    for (key, value) in &container.sysctls {
+        let _ = writeln!(out, "    sysctl:     {key}={value}");
     }
     if let Some(line) = &container.ready_line {
         let _ = writeln!(out, "    ready when: stdout shows {line}");
