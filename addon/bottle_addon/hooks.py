@@ -17,11 +17,26 @@ from mitmproxy.connection import Client
 from mitmproxy.net import tls as net_tls
 from mitmproxy.proxy import layer, server_hooks
 
-from . import canonical, credentials, layers, logs, policy, record, scanner, ssrf, trust, verdict
+from . import (
+    canonical,
+    credentials,
+    layers,
+    logs,
+    policy,
+    record,
+    relay,
+    scanner,
+    ssrf,
+    trust,
+    verdict,
+)
 
 logger = logging.getLogger("bottle")
 
 ENV_PIPELOCK_URL = "CLAUDE_BOTTLE_PIPELOCK_URL"
+# Where mitmproxy may listen when the agent comes in through bottle_agent_socket.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+DEFAULT_PROXY_PORT = 8080
 STREAMED_CONTENT_TYPES = frozenset({"text/event-stream"})
 # What mitmproxy offers upstream in its ClientHello: never the agent's own list.
 UPSTREAM_ALPN_H2 = (b"h2", b"http/1.1")
@@ -88,6 +103,8 @@ class BottleAddon:
         self._pinned: dict[str, tuple[str, int]] = {}
         # The combined trust bundle this addon wrote and gave mitmproxy, if any.
         self.trust_bundle: str | None = None
+        # The agent's way in (bottle_agent_socket), once running.
+        self.agent_socket: asyncio.AbstractServer | None = None
         self.connect_ports: policy.Ports = policy.Ports.parse(policy.DEFAULT_CONNECT_PORTS)
         self.http_ports: policy.Ports = policy.Ports.parse(policy.DEFAULT_HTTP_PORTS)
         self.methods: frozenset[bytes] = policy.STANDARD_METHODS
@@ -154,6 +171,13 @@ class BottleAddon:
             "(comma-separated tokens, e.g. PROPFIND,REPORT).",
         )
         loader.add_option(
+            "bottle_agent_socket",
+            str,
+            "",
+            "Unix socket the agent's relay connects to (README.md, \"The agent's way in\"): "
+            "each connection is carried to mitmproxy's proxy port on its own loopback.",
+        )
+        loader.add_option(
             "bottle_upstream_ca",
             str,
             "",
@@ -172,6 +196,12 @@ class BottleAddon:
             )
         if options.bottle_max_body_bytes <= 0:
             raise exceptions.OptionsError("bottle: bottle_max_body_bytes must be positive")
+        if options.bottle_agent_socket and options.listen_host not in LOOPBACK_HOSTS:
+            raise exceptions.OptionsError(
+                "bottle: with bottle_agent_socket, set listen_host=127.0.0.1: the agent comes "
+                "in through the socket, and the proxy port must not be open on mitmproxy's "
+                "networks (the scanner's, the egress)"
+            )
         url = options.bottle_pipelock_url or os.environ.get(ENV_PIPELOCK_URL, "")
         if not url:
             raise exceptions.OptionsError(
@@ -298,8 +328,22 @@ class BottleAddon:
         except (OSError, credentials.BindingError) as e:
             raise exceptions.OptionsError(f"bottle: bottle_credentials {path}: {e}") from None
 
-    def running(self) -> None:
+    async def running(self) -> None:
         assert self.scanner is not None
+        path = ctx.options.bottle_agent_socket
+        if path and self.agent_socket is None:
+            try:
+                self.agent_socket = await relay.unix_to_tcp(
+                    path, "127.0.0.1", ctx.options.listen_port or DEFAULT_PROXY_PORT
+                )
+            except OSError as e:
+                logger.error(
+                    "bottle: the agent's socket %s cannot be opened (%s); shutting down",
+                    path,
+                    e.strerror or type(e).__name__,
+                )
+                ctx.master.shutdown()
+                return
         endpoint = self.scanner.endpoint
         logger.info(
             "bottle addon ready: scanner http://%s:%d, timeout %g s, %d credential binding(s)",
@@ -320,6 +364,8 @@ class BottleAddon:
             self.scanner.close()
         if self.log is not None:
             self.log.close()
+        if self.agent_socket is not None:
+            self.agent_socket.close()
         logs.uninstall()
 
     # --- the verdict -------------------------------------------------------------------------

@@ -18,7 +18,7 @@ fn filter() -> HashMap<String, Vec<String>> {
     HashMap::from([("label".to_string(), vec![OWNER_LABEL.to_string()])])
 }
 
-/// Removes containers, then networks, labelled by a harness process that no longer runs.
+/// Removes containers, then networks and volumes, labelled by a harness process that no longer runs.
 /// `only_pid` restricts it to one (live or not) process: this process's own teardown.
 pub async fn sweep(docker: &Docker, only_pid: Option<u32>) -> Result<usize> {
     let owned_by_dead = |labels: Option<&HashMap<String, String>>| {
@@ -62,6 +62,25 @@ pub async fn sweep(docker: &Docker, only_pid: Option<u32>) -> Result<usize> {
             .remove_network(n.id.as_deref().unwrap_or_default())
             .await
             .is_ok()
+        {
+            removed += 1;
+        }
+    }
+    // After the containers that mounted them.
+    let volumes = docker
+        .list_volumes(Some(bollard::query_parameters::ListVolumesOptions {
+            filters: Some(filter()),
+        }))
+        .await?;
+    for v in volumes.volumes.unwrap_or_default() {
+        if owned_by_dead(Some(&v.labels))
+            && docker
+                .remove_volume(
+                    &v.name,
+                    None::<bollard::query_parameters::RemoveVolumeOptions>,
+                )
+                .await
+                .is_ok()
         {
             removed += 1;
         }

@@ -206,13 +206,13 @@ async fn fill_url(url: &str, chain: &Chain, listener: Option<&HostListener>) -> 
     let network_of = |role: NetworkRole| chain.plan.network(role).name.clone();
     let mut filled = url
         .replace("{scanner}", scanner)
-        .replace("{upstream_ip}", &chain.upstream_ip);
+        .replace("{upstream_ip}", &chain.upstream_ip)
+        .replace("{mitm_egress_ip}", &chain.mitm_egress_ip);
     if filled.contains("{scanner_ip}") {
         let ip = network::ip(docker, &network_of(NetworkRole::Scan), scanner).await?;
         filled = filled.replace("{scanner_ip}", &ip);
     }
     for (placeholder, network) in [
-        ("{agent_gateway}", network_of(NetworkRole::Agent)),
         ("{scan_gateway}", network_of(NetworkRole::Scan)),
         ("{egress_gateway}", network_of(NetworkRole::Egress)),
         // Docker's default bridge (docker0): the host's address every engine has.
@@ -265,15 +265,19 @@ impl Neighbour {
     }
 }
 
-/// The neighbour's addresses: its agent and mitmproxy on its agent network, its scanner, and the
-/// gateway of its agent network (the host's side, if it had one).
+/// The neighbour's addresses: its mitmproxy on its two networks, its scanner, and the gateways
+/// of its networks (the host's side, where it has one). Its agent has none: no network.
 async fn fill_neighbour(url: &str, neighbour: &Chain) -> Result<String> {
     let docker = neighbour.docker();
     let plan = &neighbour.plan;
     let mut filled = url.to_string();
     for (placeholder, network, role) in [
-        ("{neighbour_agent_ip}", NetworkRole::Agent, Role::Agent),
-        ("{neighbour_mitm_ip}", NetworkRole::Agent, Role::Mitm),
+        ("{neighbour_mitm_ip}", NetworkRole::Scan, Role::Mitm),
+        (
+            "{neighbour_mitm_egress_ip}",
+            NetworkRole::Egress,
+            Role::Mitm,
+        ),
         ("{neighbour_scanner_ip}", NetworkRole::Scan, Role::Scanner),
     ] {
         if filled.contains(placeholder) {
@@ -282,9 +286,14 @@ async fn fill_neighbour(url: &str, neighbour: &Chain) -> Result<String> {
             filled = filled.replace(placeholder, &ip);
         }
     }
-    if filled.contains("{neighbour_agent_gateway}") {
-        let gateway = network::gateway(docker, &plan.network(NetworkRole::Agent).name).await?;
-        filled = filled.replace("{neighbour_agent_gateway}", &gateway);
+    for (placeholder, network) in [
+        ("{neighbour_scan_gateway}", NetworkRole::Scan),
+        ("{neighbour_egress_gateway}", NetworkRole::Egress),
+    ] {
+        if filled.contains(placeholder) {
+            let gateway = network::gateway(docker, &plan.network(network).name).await?;
+            filled = filled.replace(placeholder, &gateway);
+        }
     }
     Ok(filled)
 }

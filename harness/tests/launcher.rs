@@ -75,7 +75,7 @@ fn temp_files_of(pid: u32) -> Vec<String> {
 async fn assert_nothing_left(docker: &Docker, name: &str, pid: u32) -> Result<()> {
     ensure!(
         !executor::exists(docker, name).await?,
-        "bottle {name} left containers or networks behind"
+        "bottle {name} left containers, networks or volumes behind"
     );
     let files = temp_files_of(pid);
     ensure!(files.is_empty(), "temporary files left: {files:?}");
@@ -189,7 +189,7 @@ async fn a_missing_image_or_a_name_in_use_fails_before_anything_is_made() -> Res
     let removed = executor::remove(&docker, &name).await;
     result?;
     ensure!(
-        removed.containers == 3 && removed.networks == 2,
+        removed.containers == 4 && removed.networks == 1 && removed.volumes == 1,
         "{removed:?}"
     );
     assert_nothing_left(&docker, &name, std::process::id()).await

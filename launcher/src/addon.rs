@@ -3,7 +3,7 @@
 //! mtime (mitmproxy never loads a script whose mtime is the epoch).
 
 /// (path under the addon directory, contents).
-pub const FILES: [(&str, &str); 13] = [
+pub const FILES: [(&str, &str); 14] = [
     ("addon.py", include_str!("../../addon/addon.py")),
     (
         "bottle_addon/__init__.py",
@@ -36,6 +36,10 @@ pub const FILES: [(&str, &str); 13] = [
     (
         "bottle_addon/record.py",
         include_str!("../../addon/bottle_addon/record.py"),
+    ),
+    (
+        "bottle_addon/relay.py",
+        include_str!("../../addon/bottle_addon/relay.py"),
     ),
     (
         "bottle_addon/scanner.py",

@@ -8,17 +8,18 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::models::{
     ContainerCreateBody, EndpointSettings, HostConfig, NetworkConnectRequest, NetworkCreateRequest,
+    VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder, ListContainersOptions,
-    ListNetworksOptions, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    UploadToContainerOptionsBuilder,
+    ListNetworksOptions, ListVolumesOptions, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveVolumeOptions, UploadToContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 
 use crate::docker::is_not_found;
 use crate::exec::exec;
-use crate::plan::{self, BottlePlan, ContainerPlan, Role};
+use crate::plan::{self, BottlePlan, ContainerPlan, NetworkMode, Role};
 
 /// The steps of a start, in order; a test can make any of them fail ([`StartOptions::fail_at`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,23 +28,34 @@ pub enum Step {
     Scanner,
     Mitm,
     Agent,
+    Relay,
     Ca,
 }
 
 impl Step {
-    pub const ALL: [Step; 5] = [
+    pub const ALL: [Step; 6] = [
         Step::Networks,
         Step::Scanner,
         Step::Mitm,
         Step::Agent,
+        Step::Relay,
         Step::Ca,
     ];
+
+    fn starting(role: Role) -> Step {
+        match role {
+            Role::Scanner => Step::Scanner,
+            Role::Mitm => Step::Mitm,
+            Role::Agent => Step::Agent,
+            Role::Relay => Step::Relay,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(
-        "a bottle named {0:?} exists already (containers or networks labelled with it): stop it \
+        "a bottle named {0:?} exists already (containers, networks or volumes labelled with it): stop it \
          with `bottle stop {0}`, or choose another name with --name"
     )]
     NameInUse(String),
@@ -196,7 +208,10 @@ async fn start_steps(
     labels.extend(plan.labels.clone());
     let step = |label: String| crate::progress::Step::start_if(options.progress, label);
 
-    let networks_step = step(format!("creating the networks of bottle {}", plan.name));
+    let networks_step = step(format!(
+        "creating the networks and volumes of bottle {}",
+        plan.name
+    ));
     for network in plan.networks.iter().filter(|n| n.create) {
         docker
             .create_network(NetworkCreateRequest {
@@ -211,30 +226,57 @@ async fn start_steps(
             .await
             .map_err(engine(format!("creating network {}", network.name)))?;
     }
+    for volume in &plan.volumes {
+        // In memory, gone with the bottle; open to every user of the two containers that mount
+        // it (mitmproxy and the relay run as different users).
+        docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(volume.clone()),
+                driver: Some("local".into()),
+                driver_opts: Some(HashMap::from(
+                    [
+                        ("type", "tmpfs"),
+                        ("device", "tmpfs"),
+                        ("o", "mode=1777,size=1m"),
+                    ]
+                    .map(|(k, v)| (k.to_string(), v.to_string())),
+                )),
+                labels: Some(labels.clone().into_iter().collect()),
+                ..Default::default()
+            })
+            .await
+            .map_err(engine(format!("creating volume {volume}")))?;
+    }
     networks_step.done();
     check(Step::Networks)?;
 
-    // The containers start together (nothing in one needs another up to start); every start
-    // runs to its end before an error returns, so the rollback sees all that was made.
+    // The containers start together, but for one that joins another's network namespace,
+    // which starts once that one runs; every start runs to its end before an error returns, so
+    // the rollback sees all that was made.
     let (labels, step, check) = (&labels, &step, &check);
-    let started = futures_util::future::join_all(
-        plan.containers
-            .iter()
-            .zip([Step::Scanner, Step::Mitm, Step::Agent])
-            .map(|(container, at)| async move {
-                let shown = step(format!("starting {} ({})", container.name, container.image));
-                let tty = container.role == Role::Agent && options.agent_tty;
-                let id = start_container(docker, plan, container, labels, tty, options).await?;
-                shown.done();
-                check(at)?;
-                Ok::<_, StartError>((container.role, id))
-            }),
-    )
-    .await;
-    let mut ids = HashMap::new();
-    for result in started {
-        let (role, id) = result?;
-        ids.insert(role, id);
+    let mut ids: HashMap<Role, String> = HashMap::new();
+    for phase in [false, true] {
+        let ids_so_far = &ids;
+        let started = futures_util::future::join_all(
+            plan.containers
+                .iter()
+                .filter(|c| matches!(c.network_mode, NetworkMode::JoinsNamespaceOf(_)) == phase)
+                .map(|container| async move {
+                    let shown = step(format!("starting {} ({})", container.name, container.image));
+                    let tty = container.role == Role::Agent && options.agent_tty;
+                    let id =
+                        start_container(docker, plan, container, labels, tty, options, ids_so_far)
+                            .await?;
+                    shown.done();
+                    check(Step::starting(container.role))?;
+                    Ok::<_, StartError>((container.role, id))
+                }),
+        )
+        .await;
+        for result in started {
+            let (role, id) = result?;
+            ids.insert(role, id);
+        }
     }
 
     let shown = step("installing mitmproxy's CA in the agent".into());
@@ -313,23 +355,39 @@ async fn start_container(
     labels: &BTreeMap<String, String>,
     tty: bool,
     options: &StartOptions,
+    started: &HashMap<Role, String>,
 ) -> Result<String, StartError> {
     let mut labels = labels.clone();
     labels.insert(plan::ROLE_LABEL.into(), role_name(plan.role).into());
-    let (first, rest) = plan.networks.split_first().expect("attached somewhere");
+    let (network_mode, rest) = match plan.network_mode {
+        NetworkMode::Networks => {
+            let (first, rest) = plan.networks.split_first().expect("attached somewhere");
+            (bottle.network(first.network).name.clone(), rest)
+        }
+        NetworkMode::Isolated => ("none".to_string(), &[][..]),
+        NetworkMode::JoinsNamespaceOf(role) => (format!("container:{}", started[&role]), &[][..]),
+    };
     // The resolver file is bind-mounted (Docker replaces /etc/resolv.conf at start); the mount
     // keeps the file alive after its host copy is removed, so nothing stays on the host.
     let staged = match &plan.resolv_conf {
         Some(text) => Some(stage_resolv_conf(text)?),
         None => None,
     };
-    let binds = staged
+    let binds: Vec<String> = staged
         .as_ref()
-        .map(|(_, path)| vec![format!("{}:/etc/resolv.conf:ro", path.to_string_lossy())]);
+        .map(|(_, path)| format!("{}:/etc/resolv.conf:ro", path.to_string_lossy()))
+        .into_iter()
+        .chain(
+            plan.mounts
+                .iter()
+                .map(|m| format!("{}:{}", m.volume, m.path)),
+        )
+        .collect();
     let body = ContainerCreateBody {
         image: Some(plan.image.clone()),
         entrypoint: plan.entrypoint.clone(),
         cmd: Some(plan.command.clone()),
+        user: plan.user.clone(),
         env: Some(plan.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
         labels: Some(labels.into_iter().collect()),
         tty: Some(tty),
@@ -338,11 +396,11 @@ async fn start_container(
         attach_stdout: Some(tty),
         attach_stderr: Some(tty),
         host_config: Some(HostConfig {
-            network_mode: Some(bottle.network(first.network).name.clone()),
+            network_mode: Some(network_mode),
             dns_options: (!plan.dns_options.is_empty()).then(|| plan.dns_options.clone()),
             dns: (!plan.dns_servers.is_empty()).then(|| plan.dns_servers.clone()),
             sysctls: (!plan.sysctls.is_empty()).then(|| plan.sysctls.clone().into_iter().collect()),
-            binds,
+            binds: (!binds.is_empty()).then_some(binds),
             cap_drop: plan
                 .confinement
                 .capabilities
@@ -438,6 +496,7 @@ pub fn role_name(role: Role) -> &'static str {
         Role::Scanner => "scanner",
         Role::Mitm => "mitm",
         Role::Agent => "agent",
+        Role::Relay => "relay",
     }
 }
 
@@ -669,8 +728,15 @@ async fn networks(
 
 /// Whether anything labelled with the bottle `name` exists.
 pub async fn exists(docker: &Docker, name: &str) -> Result<bool, StartError> {
+    let volumes = docker
+        .list_volumes(Some(ListVolumesOptions {
+            filters: Some(label_filter(format!("{}={name}", plan::BOTTLE_LABEL))),
+        }))
+        .await
+        .map_err(engine("listing volumes"))?;
     Ok(!containers(docker, Some(name)).await?.is_empty()
-        || !networks(docker, name).await?.is_empty())
+        || !networks(docker, name).await?.is_empty()
+        || !volumes.volumes.unwrap_or_default().is_empty())
 }
 
 /// What [`remove`] removed.
@@ -678,6 +744,7 @@ pub async fn exists(docker: &Docker, name: &str) -> Result<bool, StartError> {
 pub struct Removed {
     pub containers: usize,
     pub networks: usize,
+    pub volumes: usize,
 }
 
 /// Removes every container (with its anonymous volumes, so mitmproxy's CA key goes too) and
@@ -716,6 +783,35 @@ pub async fn remove(docker: &Docker, name: &str) -> Removed {
             if docker.remove_network(&net).await.is_ok() {
                 removed.networks += 1;
             }
+        }
+    }
+    // After the containers: Docker keeps a volume that a container still mounts.
+    removed.volumes = remove_volumes(
+        docker,
+        label_filter(format!("{}={name}", plan::BOTTLE_LABEL)),
+    )
+    .await;
+    removed
+}
+
+/// Removes the named volumes matching `filters` (labels); how many went.
+pub async fn remove_volumes(docker: &Docker, filters: HashMap<String, Vec<String>>) -> usize {
+    let Ok(list) = docker
+        .list_volumes(Some(ListVolumesOptions {
+            filters: Some(filters),
+        }))
+        .await
+    else {
+        return 0;
+    };
+    let mut removed = 0;
+    for volume in list.volumes.unwrap_or_default() {
+        if docker
+            .remove_volume(&volume.name, None::<RemoveVolumeOptions>)
+            .await
+            .is_ok()
+        {
+            removed += 1;
         }
     }
     removed

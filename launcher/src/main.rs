@@ -119,6 +119,8 @@ enum Component {
     Agent,
     Mitm,
     Scanner,
+    /// The sidecar that carries the agent's proxy port to mitmproxy.
+    Relay,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -272,8 +274,8 @@ async fn start(request: &StartRequest, detach: bool) -> Result<u8, LaunchError> 
     };
     let removed = executor::remove(&docker, &plan.name).await;
     eprintln!(
-        "[bottle] removed bottle {} ({} containers, {} networks)",
-        plan.name, removed.containers, removed.networks
+        "[bottle] removed bottle {} ({} containers, {} networks, {} volumes)",
+        plan.name, removed.containers, removed.networks, removed.volumes
     );
     match outcome {
         Some(code) => Ok(u8::try_from(code?).unwrap_or(exit::INTERNAL)),
@@ -353,8 +355,8 @@ async fn stop(name: Option<String>, all: bool) -> Result<u8, LaunchError> {
     for name in names {
         let removed = executor::remove(&docker, &name).await;
         eprintln!(
-            "removed bottle {name} ({} containers, {} networks)",
-            removed.containers, removed.networks
+            "removed bottle {name} ({} containers, {} networks, {} volumes)",
+            removed.containers, removed.networks, removed.volumes
         );
         if executor::exists(&docker, &name).await? {
             return Err(executor::StartError::Leftover(name).into());
@@ -369,6 +371,7 @@ async fn logs(name: &str, component: Component, follow: bool) -> Result<u8, Laun
         Component::Agent => plan::Role::Agent,
         Component::Mitm => plan::Role::Mitm,
         Component::Scanner => plan::Role::Scanner,
+        Component::Relay => plan::Role::Relay,
     };
     let Some(id) = executor::container_of(&docker, name, role).await? else {
         return Err(LaunchError::NoSuchBottle(name.to_string()));

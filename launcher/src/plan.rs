@@ -2,8 +2,10 @@
 //! they attach), and the steps that follow their start. `bottle start` executes a plan, and the
 //! harness brings its bottles up from the same plan, so the suite tests what users run.
 //!
-//! Topology (DESIGN.md): the agent reaches nothing but mitmproxy; mitmproxy reaches the scanner
-//! and the egress network; the scanner reaches nothing at all (addon/README.md, "Exactly once").
+//! Topology (DESIGN.md, README.md "The agent's only route"): the agent has no network at all;
+//! a relay in its network namespace carries its loopback's proxy port to mitmproxy over a Unix
+//! socket; mitmproxy reaches the scanner and the egress network; the scanner reaches nothing at
+//! all (addon/README.md, "Exactly once").
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -45,10 +47,21 @@ pub const AGENT_CA_STORE: &str = "/etc/ssl/certs";
 pub const AGENT_PIDS_LIMIT: i64 = 1024;
 /// The agent's default memory limit, 4 GiB.
 pub const AGENT_MEMORY_BYTES: i64 = 4 << 30;
+/// The agent's proxy address: its own loopback, where the relay listens.
+pub const AGENT_PROXY_HOST: &str = "127.0.0.1";
+/// Where mitmproxy and the relay mount the volume that holds the agent's socket (the agent
+/// does not mount it).
+pub const AGENT_SOCKET_DIR: &str = "/run/bottle-agent";
+pub const AGENT_SOCKET: &str = "/run/bottle-agent/proxy.sock";
+/// The relay's program (`addon/bottle_addon/relay.py`, standalone), in the relay's container.
+pub const RELAY_SCRIPT: &str = "/opt/bottle/relay.py";
+pub const RELAY_SOURCE: &str = include_str!("../../addon/bottle_addon/relay.py");
+/// The relay runs as nobody: it needs no file of its image's users.
+pub const RELAY_USER: &str = "65534:65534";
 /// A resolver that answers nothing, at once: the scanner must resolve no names (Docker's
 /// embedded DNS on an internal network otherwise hangs 10 s per unknown name, measured).
 pub const DEAD_RESOLV_CONF: &str = "nameserver 127.0.0.1\noptions attempts:1 timeout:1\n";
-/// Where the agent's and the scanner's embedded resolver forwards the names it does not know:
+/// Where the scanner's embedded resolver forwards the names it does not know:
 /// Docker's resolver answers the names of the containers on a network itself and forwards every
 /// other query to the host's resolvers, from the host, even on an internal network (measured:
 /// the query name, a secret in it, reached the host's nameserver). Sent to the container's own
@@ -200,8 +213,6 @@ pub struct CredentialBinding {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkRole {
-    /// agent ↔ mitmproxy, internal.
-    Agent,
     /// mitmproxy ↔ scanner, internal.
     Scan,
     /// mitmproxy ↔ the upstreams.
@@ -214,6 +225,27 @@ pub enum Role {
     Scanner,
     Mitm,
     Agent,
+    /// Carries the agent's proxy port to mitmproxy (README.md, "The agent's only route").
+    Relay,
+}
+
+/// Where a container's network namespace comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkMode {
+    /// Its own, on the plan's networks (`networks`).
+    Networks,
+    /// Its own, with no network at all: only a loopback.
+    Isolated,
+    /// The namespace of the container of this role, started before it (and nothing more).
+    JoinsNamespaceOf(Role),
+}
+
+/// A volume of the bottle's (`BottlePlan::volumes`) mounted in a container.
+#[derive(Clone, Debug, Serialize)]
+pub struct VolumeMount {
+    pub volume: String,
+    pub path: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -267,8 +299,13 @@ pub struct ContainerPlan {
     pub entrypoint: Option<Vec<String>>,
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
-    /// The first is where the container starts; the others are connected before it is used.
+    pub network_mode: NetworkMode,
+    /// With [`NetworkMode::Networks`]: the first is where the container starts; the others are
+    /// connected before it is used.
     pub networks: Vec<Attachment>,
+    /// The user its process runs as; None: the image's.
+    pub user: Option<String>,
+    pub mounts: Vec<VolumeMount>,
     /// Put in place before the container starts.
     pub files: Vec<FilePlan>,
     /// Replaces /etc/resolv.conf (bind-mounted) when set.
@@ -396,6 +433,8 @@ pub struct BottlePlan {
     pub labels: BTreeMap<String, String>,
     pub scanner: ScannerKind,
     pub networks: Vec<NetworkPlan>,
+    /// Named volumes made (in memory) and removed with the bottle.
+    pub volumes: Vec<String>,
     /// In start order.
     pub containers: Vec<ContainerPlan>,
     pub ca: CaPlan,
@@ -413,14 +452,14 @@ impl BottlePlan {
         self.containers
             .iter()
             .find(|c| c.role == role)
-            .expect("every plan has a scanner, a mitm and an agent")
+            .expect("every plan has a scanner, a mitm, an agent and a relay")
     }
 
     pub fn network(&self, role: NetworkRole) -> &NetworkPlan {
         self.networks
             .iter()
             .find(|n| n.role == role)
-            .expect("every plan has the three networks")
+            .expect("every plan has the scan and egress networks")
     }
 
     /// The plan as it may be shown: secret env values replaced by [`REDACTED`].
@@ -496,13 +535,6 @@ pub fn plan(spec: &BottleSpec) -> Result<BottlePlan, PlanError> {
 
     let networks = vec![
         NetworkPlan {
-            role: NetworkRole::Agent,
-            name: name("agent-net"),
-            internal: true,
-            host_address: false,
-            create: true,
-        },
-        NetworkPlan {
             role: NetworkRole::Scan,
             name: name("scan-net"),
             internal: true,
@@ -529,6 +561,11 @@ pub fn plan(spec: &BottleSpec) -> Result<BottlePlan, PlanError> {
 
     let scanner_name = name("scanner");
     let mitm_name = name("mitm");
+    let socket_volume = name("agent-socket");
+    let socket_mount = VolumeMount {
+        volume: socket_volume.clone(),
+        path: AGENT_SOCKET_DIR.into(),
+    };
     let mut scanner_env = BTreeMap::new();
     let mut scanner_files = vec![FilePlan {
         path: SCANNER_CONFIG.into(),
@@ -558,10 +595,13 @@ pub fn plan(spec: &BottleSpec) -> Result<BottlePlan, PlanError> {
         .map(String::from)
         .to_vec(),
         env: scanner_env,
+        network_mode: NetworkMode::Networks,
         networks: vec![Attachment {
             network: NetworkRole::Scan,
             aliases: vec![],
         }],
+        user: None,
+        mounts: vec![],
         files: scanner_files,
         resolv_conf: Some(DEAD_RESOLV_CONF.into()),
         dns_options: vec![],
@@ -598,6 +638,9 @@ pub fn plan(spec: &BottleSpec) -> Result<BottlePlan, PlanError> {
     set("rawtcp=false".into());
     // mitmdump's flow lines would print the agent's method and URL (addon/README.md, "Logs").
     set("flow_detail=0".into());
+    // The agent comes in through the relay's socket only; the proxy port is on loopback.
+    set(format!("listen_host={AGENT_PROXY_HOST}"));
+    set(format!("bottle_agent_socket={AGENT_SOCKET}"));
     set(format!("bottle_decision_log={MITM_DECISION_LOG}"));
     if let Some(ca) = &spec.egress.upstream_ca {
         mitm_files.push(FilePlan {
@@ -649,12 +692,15 @@ pub fn plan(spec: &BottleSpec) -> Result<BottlePlan, PlanError> {
         entrypoint: None,
         command,
         env: mitm_env,
-        networks: [NetworkRole::Scan, NetworkRole::Agent, NetworkRole::Egress]
+        network_mode: NetworkMode::Networks,
+        networks: [NetworkRole::Scan, NetworkRole::Egress]
             .map(|network| Attachment {
                 network,
                 aliases: vec![],
             })
             .to_vec(),
+        user: None,
+        mounts: vec![socket_mount.clone()],
         files: mitm_files,
         resolv_conf: None,
         dns_options: vec![],
@@ -667,7 +713,7 @@ pub fn plan(spec: &BottleSpec) -> Result<BottlePlan, PlanError> {
 
     let mut secret_env = spec.agent.secret_env.clone();
     secret_env.extend(spec.credentials.iter().map(|b| b.env.clone()));
-    let proxy = format!("http://{mitm_name}:{MITM_PORT}");
+    let proxy = format!("http://{AGENT_PROXY_HOST}:{MITM_PORT}");
     let mut agent_env = spec.agent.env.clone();
     for key in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"] {
         agent_env.insert(key.into(), proxy.clone());
@@ -686,16 +732,16 @@ pub fn plan(spec: &BottleSpec) -> Result<BottlePlan, PlanError> {
         ),
         command: spec.agent.command.clone(),
         env: agent_env,
-        networks: vec![Attachment {
-            network: NetworkRole::Agent,
-            aliases: vec![],
-        }],
+        // No network: its loopback only, where the relay listens. No host address, no other
+        // bottle, no resolver, no broadcast reaches anything from here.
+        network_mode: NetworkMode::Isolated,
+        networks: vec![],
+        user: None,
+        mounts: vec![],
         files: vec![],
         resolv_conf: None,
-        // The agent resolves only mitmproxy's name; any other name fails in about a second
-        // instead of the 10 s Docker's embedded DNS takes on an internal network.
-        dns_options: vec!["timeout:1".into(), "attempts:1".into()],
-        dns_servers: vec![OWN_LOOPBACK.into()],
+        dns_options: vec![],
+        dns_servers: vec![],
         sysctls: NO_IPV6
             .map(|key| (key.to_string(), "1".to_string()))
             .into_iter()
@@ -703,13 +749,42 @@ pub fn plan(spec: &BottleSpec) -> Result<BottlePlan, PlanError> {
         ready_line: None,
         confinement: Confinement::agent(&spec.agent.limits),
     };
+    let relay = ContainerPlan {
+        role: Role::Relay,
+        name: name("relay"),
+        // Any image with python3 would do; mitmproxy's is here already.
+        image: spec.mitm_image.clone(),
+        entrypoint: Some(vec!["python3".into(), RELAY_SCRIPT.into()]),
+        command: vec![
+            AGENT_PROXY_HOST.into(),
+            MITM_PORT.to_string(),
+            AGENT_SOCKET.into(),
+        ],
+        env: BTreeMap::new(),
+        network_mode: NetworkMode::JoinsNamespaceOf(Role::Agent),
+        networks: vec![],
+        user: Some(RELAY_USER.into()),
+        mounts: vec![socket_mount],
+        files: vec![FilePlan {
+            path: RELAY_SCRIPT.into(),
+            contents: FileContents::Text(RELAY_SOURCE.into()),
+            mode: 0o644,
+        }],
+        resolv_conf: None,
+        dns_options: vec![],
+        dns_servers: vec![],
+        sysctls: BTreeMap::new(),
+        ready_line: Some("bottle relay ready".into()),
+        confinement: Confinement::service(Some(&[])),
+    };
 
     Ok(BottlePlan {
         name: spec.name.clone(),
         labels,
         scanner: spec.scanner.kind,
         networks,
-        containers: vec![scanner, mitm, agent],
+        volumes: vec![socket_volume],
+        containers: vec![scanner, mitm, agent, relay],
         ca: CaPlan {
             mitm_cert: MITM_CA_CERT.into(),
             agent_path: AGENT_CA_PATH.into(),
@@ -810,13 +885,17 @@ mod tests {
                 .map(|a| a.network)
                 .collect::<Vec<_>>()
         };
-        assert_eq!(on(Role::Agent), [NetworkRole::Agent]);
-        assert_eq!(on(Role::Scanner), [NetworkRole::Scan]);
+        assert!(on(Role::Agent).is_empty() && on(Role::Relay).is_empty());
         assert_eq!(
-            on(Role::Mitm),
-            [NetworkRole::Scan, NetworkRole::Agent, NetworkRole::Egress]
+            plan.container(Role::Agent).network_mode,
+            NetworkMode::Isolated
         );
-        assert!(plan.network(NetworkRole::Agent).internal);
+        assert_eq!(
+            plan.container(Role::Relay).network_mode,
+            NetworkMode::JoinsNamespaceOf(Role::Agent)
+        );
+        assert_eq!(on(Role::Scanner), [NetworkRole::Scan]);
+        assert_eq!(on(Role::Mitm), [NetworkRole::Scan, NetworkRole::Egress]);
         assert!(plan.network(NetworkRole::Scan).internal);
         assert!(!plan.network(NetworkRole::Egress).internal);
         assert_eq!(
@@ -826,14 +905,40 @@ mod tests {
     }
 
     #[test]
-    fn the_agent_has_no_host_address_no_ipv6_and_no_dns_that_leaves_it() {
+    fn the_agent_comes_out_only_through_the_relay_to_mitmproxys_loopback() {
         let plan = plan(&spec()).unwrap();
-        // No gateway answers on the agent's or the scanner's network; mitmproxy's way out has one.
-        assert!(!plan.network(NetworkRole::Agent).host_address);
+        // The socket's volume is mitmproxy's and the relay's, never the agent's.
+        let mounted = |role| {
+            plan.container(role)
+                .mounts
+                .iter()
+                .map(|m| (m.volume.clone(), m.path.clone()))
+                .collect::<Vec<_>>()
+        };
+        let socket = vec![(plan.volumes[0].clone(), AGENT_SOCKET_DIR.to_string())];
+        assert_eq!(mounted(Role::Mitm), socket);
+        assert_eq!(mounted(Role::Relay), socket);
+        assert!(mounted(Role::Agent).is_empty());
+        assert!(AGENT_SOCKET.starts_with(AGENT_SOCKET_DIR));
+        let mitm = plan.container(Role::Mitm).command.join(" ");
+        assert!(mitm.contains("listen_host=127.0.0.1"), "{mitm}");
+        assert!(
+            mitm.contains(&format!("bottle_agent_socket={AGENT_SOCKET}")),
+            "{mitm}"
+        );
+        let relay = plan.container(Role::Relay);
+        assert_eq!(relay.command, ["127.0.0.1", "8080", AGENT_SOCKET]);
+        assert_eq!(relay.user.as_deref(), Some(RELAY_USER));
+        assert_eq!(relay.confinement.capabilities.as_deref(), Some(&[][..]));
+    }
+
+    #[test]
+    fn the_agent_has_no_ipv6_and_the_scanner_no_host_address_or_dns_out() {
+        let plan = plan(&spec()).unwrap();
+        // No gateway answers on the scanner's network; mitmproxy's way out has one.
         assert!(!plan.network(NetworkRole::Scan).host_address);
         assert!(plan.network(NetworkRole::Egress).host_address);
         let agent = plan.container(Role::Agent);
-        assert_eq!(agent.dns_servers, [OWN_LOOPBACK]);
         for key in NO_IPV6 {
             assert_eq!(agent.sysctls[key], "1", "{key}");
         }
@@ -861,7 +966,7 @@ mod tests {
             "http://bottle-demo-scanner:8888"
         );
         let agent = plan.container(Role::Agent);
-        assert_eq!(agent.env["HTTPS_PROXY"], "http://bottle-demo-mitm:8080");
+        assert_eq!(agent.env["HTTPS_PROXY"], "http://127.0.0.1:8080");
         assert_eq!(agent.env["NODE_EXTRA_CA_CERTS"], AGENT_CA_PATH);
         assert_eq!(agent.env["SSL_CERT_FILE"], AGENT_CA_BUNDLE);
     }

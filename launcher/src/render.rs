@@ -3,7 +3,9 @@
 
 use std::fmt::Write;
 
-use crate::plan::{BottlePlan, ContainerPlan, FileContents, NetworkRole, Role, ScannerKind};
+use crate::plan::{
+    BottlePlan, ContainerPlan, FileContents, NetworkMode, NetworkRole, Role, ScannerKind,
+};
 
 /// The loud warning every start and dry run with the double prints.
 pub const DOUBLE_WARNING: &str = "\
@@ -30,7 +32,6 @@ pub fn text(plan: &BottlePlan) -> String {
     let _ = writeln!(out, "\nnetworks:");
     for network in &plan.networks {
         let role = match network.role {
-            NetworkRole::Agent => "agent <-> mitmproxy",
             NetworkRole::Scan => "mitmproxy <-> scanner",
             NetworkRole::Egress => "mitmproxy -> upstreams",
         };
@@ -119,6 +120,7 @@ fn container_text(out: &mut String, plan: &BottlePlan, container: &ContainerPlan
         Role::Scanner => "scanner",
         Role::Mitm => "mitmproxy",
         Role::Agent => "agent",
+        Role::Relay => "relay",
     };
     let _ = writeln!(out, "  {role}: {}", container.name);
     let _ = writeln!(out, "    image:      {}", container.image);
@@ -126,12 +128,30 @@ fn container_text(out: &mut String, plan: &BottlePlan, container: &ContainerPlan
         let _ = writeln!(out, "    entrypoint: {}", shell_words(entrypoint));
     }
     let _ = writeln!(out, "    command:    {}", shell_words(&container.command));
-    let networks: Vec<&str> = container
-        .networks
-        .iter()
-        .map(|a| plan.network(a.network).name.as_str())
-        .collect();
-    let _ = writeln!(out, "    networks:   {}", networks.join(", "));
+    let networks = match container.network_mode {
+        NetworkMode::Networks => container
+            .networks
+            .iter()
+            .map(|a| plan.network(a.network).name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        NetworkMode::Isolated => "none (its own loopback only)".to_string(),
+        NetworkMode::JoinsNamespaceOf(role) => format!(
+            "none of its own: in {}'s network namespace",
+            plan.container(role).name
+        ),
+    };
+    let _ = writeln!(out, "    networks:   {networks}");
+    if let Some(user) = &container.user {
+        let _ = writeln!(out, "    user:       {user}");
+    }
+    for mount in &container.mounts {
+        let _ = writeln!(
+            out,
+            "    volume:     {} at {} (in memory, made and removed with the bottle)",
+            mount.volume, mount.path
+        );
+    }
     let confinement = &container.confinement;
     let mut limits = vec![match confinement.capabilities.as_deref() {
         None => "the engine's default capabilities".to_string(),
