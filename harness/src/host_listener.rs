@@ -1,5 +1,5 @@
-//! A listener on the host itself, on every address it has: one TCP and one UDP socket on the
-//! same port, dual-stack where the host has IPv6. Reach cases aim the agent at a host address
+//! A listener on the host itself, on every address it has: TCP and UDP on one port, IPv4 and
+//! (where the host has it) IPv6. Reach cases aim the agent at a host address
 //! (a bridge's gateway, the host's own address) and this port: anything that arrives is a route
 //! out of the bottle that no verdict saw.
 
@@ -23,23 +23,29 @@ pub struct HostListener {
 
 impl HostListener {
     pub async fn bind() -> Result<Self> {
-        // A port free for both protocols; `[::]` also hears IPv4 unless the host has no IPv6.
+        // One port free for both protocols on both families. IPv4 and IPv6 get sockets of their
+        // own: a dual-stack socket is not handed IPv4 multicast, which a daemon bound on
+        // 0.0.0.0 would hear.
         for _ in 0..20 {
-            let tcp = match TcpListener::bind("[::]:0").await {
-                Ok(tcp) => tcp,
-                Err(_) => TcpListener::bind("0.0.0.0:0").await?,
-            };
-            let local = tcp.local_addr()?;
-            let Ok(udp) = UdpSocket::bind(SocketAddr::new(local.ip(), local.port())).await else {
+            let tcp4 = TcpListener::bind("0.0.0.0:0").await?;
+            let port = tcp4.local_addr()?.port();
+            let Ok(udp4) = UdpSocket::bind(("0.0.0.0", port)).await else {
                 continue;
             };
             let records = Arc::new(Mutex::new(Vec::new()));
-            let tasks = vec![
-                tokio::spawn(accept(tcp, records.clone())),
-                tokio::spawn(receive(udp, records.clone())),
+            let mut tasks = vec![
+                tokio::spawn(accept(tcp4, records.clone())),
+                tokio::spawn(receive(udp4, records.clone())),
             ];
+            if ipv6_available() {
+                let (Ok(tcp6), Ok(udp6)) = (tcp_v6_only(port), udp_v6_only(port)) else {
+                    continue;
+                };
+                tasks.push(tokio::spawn(accept(tcp6, records.clone())));
+                tasks.push(tokio::spawn(receive(udp6, records.clone())));
+            }
             return Ok(HostListener {
-                port: local.port(),
+                port,
                 records,
                 tasks,
             });
@@ -59,6 +65,28 @@ impl Drop for HostListener {
             task.abort();
         }
     }
+}
+
+fn ipv6_available() -> bool {
+    std::net::UdpSocket::bind("[::]:0").is_ok()
+}
+
+fn v6_only(kind: socket2::Type, port: u16) -> std::io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV6, kind, None)?;
+    socket.set_only_v6(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)).into())?;
+    Ok(socket)
+}
+
+fn tcp_v6_only(port: u16) -> std::io::Result<TcpListener> {
+    let socket = v6_only(socket2::Type::STREAM, port)?;
+    socket.listen(128)?;
+    TcpListener::from_std(socket.into())
+}
+
+fn udp_v6_only(port: u16) -> std::io::Result<UdpSocket> {
+    UdpSocket::from_std(v6_only(socket2::Type::DGRAM, port)?.into())
 }
 
 fn record(proto: &str, from: SocketAddr, bytes: &[u8]) -> Value {
