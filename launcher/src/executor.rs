@@ -250,33 +250,42 @@ async fn start_steps(
     networks_step.done();
     check(Step::Networks)?;
 
-    // The containers start together, but for one that joins another's network namespace,
-    // which starts once that one runs; every start runs to its end before an error returns, so
-    // the rollback sees all that was made.
+    // The containers start together; one that joins another's network namespace starts as soon
+    // as that one runs. Every start runs to its end before an error returns, so the rollback
+    // sees all that was made.
     let (labels, step, check) = (&labels, &step, &check);
-    let mut ids: HashMap<Role, String> = HashMap::new();
-    for phase in [false, true] {
-        let ids_so_far = &ids;
-        let started = futures_util::future::join_all(
-            plan.containers
-                .iter()
-                .filter(|c| matches!(c.network_mode, NetworkMode::JoinsNamespaceOf(_)) == phase)
-                .map(|container| async move {
-                    let shown = step(format!("starting {} ({})", container.name, container.image));
-                    let tty = container.role == Role::Agent && options.agent_tty;
-                    let id =
-                        start_container(docker, plan, container, labels, tty, options, ids_so_far)
-                            .await?;
-                    shown.done();
-                    check(Step::starting(container.role))?;
-                    Ok::<_, StartError>((container.role, id))
-                }),
-        )
-        .await;
-        for result in started {
-            let (role, id) = result?;
-            ids.insert(role, id);
-        }
+    let start_one = |role: Role, owners: HashMap<Role, String>| async move {
+        let container = plan.container(role);
+        let shown = step(format!("starting {} ({})", container.name, container.image));
+        let tty = container.role == Role::Agent && options.agent_tty;
+        let id = start_container(docker, plan, container, labels, tty, options, &owners).await?;
+        shown.done();
+        check(Step::starting(container.role))?;
+        Ok::<_, StartError>((container.role, id))
+    };
+    let joiners = |owner: Role| {
+        plan.containers
+            .iter()
+            .filter(move |c| c.network_mode == NetworkMode::JoinsNamespaceOf(owner))
+    };
+    let started = futures_util::future::join_all(
+        plan.containers
+            .iter()
+            .filter(|c| !matches!(c.network_mode, NetworkMode::JoinsNamespaceOf(_)))
+            .map(|owner| async move {
+                let (role, id) = start_one(owner.role, HashMap::new()).await?;
+                let mut started = vec![(role, id.clone())];
+                for joiner in joiners(role) {
+                    let owners = HashMap::from([(role, id.clone())]);
+                    started.push(start_one(joiner.role, owners).await?);
+                }
+                Ok::<_, StartError>(started)
+            }),
+    )
+    .await;
+    let mut ids = HashMap::new();
+    for result in started {
+        ids.extend(result?);
     }
 
     let shown = step("installing mitmproxy's CA in the agent".into());
