@@ -13,7 +13,19 @@ use anyhow::{Context, Result};
 use bottle_harness::{fixture_bins, pool};
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> std::process::ExitCode {
+    // An error here is the user's to act on (no engine, no disk, a failed build): one message
+    // that says what to do, never a backtrace (nextest sets RUST_BACKTRACE for its scripts).
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bottle-test-images: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<()> {
     let docker = bottle::docker::connect().await?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args
