@@ -620,3 +620,24 @@ impl Attached {
         Ok((status, err))
     }
 }
+
+#[tokio::test]
+async fn the_preflight_passes_here_in_seconds_and_leaves_no_network() -> Result<()> {
+    let docker = bottle::docker::connect().await?;
+    let started = std::time::Instant::now();
+    bottle::preflight::check(&docker, false).await?;
+    ensure!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "the preflight took {:?}",
+        started.elapsed()
+    );
+    let left = docker
+        .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
+        .await?
+        .into_iter()
+        .filter_map(|n| n.name)
+        .filter(|n| n == &format!("bottle-preflight-{}", std::process::id()))
+        .count();
+    ensure!(left == 0, "the preflight left its network");
+    Ok(())
+}

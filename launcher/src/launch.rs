@@ -41,6 +41,8 @@ pub enum LaunchError {
     #[error(transparent)]
     Start(#[from] StartError),
     #[error(transparent)]
+    Preflight(#[from] crate::preflight::PreflightError),
+    #[error(transparent)]
     Image(#[from] ImageError),
     #[error(transparent)]
     Pinned(#[from] PinnedError),
@@ -80,7 +82,9 @@ impl LaunchError {
     pub fn exit_code(&self) -> u8 {
         match self {
             LaunchError::Manifest(_) | LaunchError::Plan(_) => exit::BAD_MANIFEST,
-            LaunchError::Docker(_) => exit::NO_DOCKER,
+            LaunchError::Docker(_)
+            | LaunchError::Preflight(_)
+            | LaunchError::Start(StartError::EngineCannotConfine { .. }) => exit::NO_DOCKER,
             LaunchError::Start(StartError::NameInUse(_)) => exit::NAME_IN_USE,
             LaunchError::Start(StartError::ImageMissing { .. })
             | LaunchError::Image(_)
@@ -162,6 +166,7 @@ pub async fn image_names(
 
 /// Makes sure every image is here: builds the local ones (with progress), pulls pinned ones.
 pub async fn ensure_images(docker: &Docker, request: &StartRequest) -> Result<Images, LaunchError> {
+    crate::preflight::check(docker, false).await?;
     let mut images = image_names(Some(docker), request).await?;
     if request.images == ImagesMode::Local {
         let mut wanted = vec![Recipe::Mitmproxy];

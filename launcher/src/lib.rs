@@ -15,5 +15,6 @@ pub mod images;
 pub mod launch;
 pub mod manifest;
 pub mod plan;
+pub mod preflight;
 pub mod progress;
 pub mod render;

@@ -41,6 +41,8 @@ async fn run() -> Result<()> {
         ["--pool"] => return pool_script(),
         _ => {}
     }
+    // Before the fixture build and the images: an engine or a disk that cannot serve fails now.
+    bottle::preflight::check(&docker, false).await?;
     let started = std::time::Instant::now();
     let step = bottle::progress::Step::start("building the fixture binaries (cargo)");
     let binaries = fixture_bins::build()?;

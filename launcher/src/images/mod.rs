@@ -24,6 +24,8 @@ use crate::docker::{DockerUnreachable, is_not_found};
 pub enum ImageError {
     #[error(transparent)]
     Docker(#[from] DockerUnreachable),
+    #[error(transparent)]
+    Preflight(#[from] crate::preflight::PreflightError),
     #[error("building {image} failed at step `{step}`:\n{tail}\n{hint}")]
     StepFailed {
         image: String,
@@ -149,6 +151,8 @@ pub async fn ensure(
     if missing.is_empty() {
         return Ok(wanted_tags);
     }
+    // Room to build, found out now rather than after minutes of building.
+    crate::preflight::check(docker, true).await?;
     std::fs::create_dir_all(&opts.cache_dir).map_err(io_err("creating the cache folder"))?;
     let _lock = lock(&opts.cache_dir.join("images.lock")).await?;
     let tags = &tags;
