@@ -284,6 +284,41 @@ impl Index {
         out
     }
 
+    /// Where the run's time went, by family: the cases that ran (PASS or FAIL), their total
+    /// time and the slowest of them. Cases run a few at once, so the totals add up to more than
+    /// the run took.
+    pub fn time_by_family(&self) -> String {
+        // family -> (cases, total ms, slowest ms, slowest case)
+        let mut families: BTreeMap<&str, (usize, u64, u64, &str)> = BTreeMap::new();
+        for r in self
+            .results
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Pass | Outcome::Fail))
+        {
+            let family = r.id.rsplit_once('-').map_or(r.id.as_str(), |(f, _)| f);
+            let entry = families.entry(family).or_insert((0, 0, 0, ""));
+            entry.0 += 1;
+            entry.1 += r.duration_ms;
+            if r.duration_ms >= entry.2 {
+                (entry.2, entry.3) = (r.duration_ms, r.name.as_str());
+            }
+        }
+        let mut out = String::from("## Time by family\n\n");
+        out.push_str(
+            "| family | cases run | total s | slowest case | its s |\n|---|--:|--:|---|--:|\n",
+        );
+        for (family, (cases, total, slowest, name)) in &families {
+            let _ = writeln!(
+                out,
+                "| {family} | {cases} | {:.1} | `{}` | {:.1} |",
+                *total as f64 / 1000.0,
+                cell(name),
+                *slowest as f64 / 1000.0
+            );
+        }
+        out
+    }
+
     /// `report.md`: header, the matrix, then every case that did not pass with its reason.
     pub fn markdown(&self) -> String {
         let mut out = String::new();
@@ -346,6 +381,8 @@ impl Index {
             let _ = writeln!(out);
         }
         let _ = writeln!(out, "\nAn empty cell: that case did not run in this run.\n");
+
+        let _ = writeln!(out, "{}", self.time_by_family());
 
         let _ = writeln!(out, "## Not passing\n");
         let mut any = false;
@@ -696,6 +733,11 @@ status = 200
         sorted.sort();
         assert_eq!(names, sorted);
         assert_eq!(index.results[0], result(&cases[0], REAL).with_time(&index));
+        // 7 of the 8 ran (one is NOT-APPLICABLE), 12 ms each.
+        let times = index.time_by_family();
+        assert!(times.contains("| BLOCK | 5 | 0.1 |"), "{times}");
+        assert!(times.contains("| PASS | 2 | 0.0 |"), "{times}");
+        assert!(index.markdown().contains("## Time by family"));
 
         // The same case again replaces its result.
         let mut again = result(&cases[2], REAL);
