@@ -152,11 +152,13 @@ async fn exercise(case: &Case, chain: &Chain) -> Result<(Vec<String>, Value)> {
     )
     .await?;
 
-    // The decision record is written when the flow ends, just after the client has its answer.
+    // The decision record is written when the flow ends, just after the client has its answer;
+    // a request that skipped the proxy (a UDP datagram never goes through it) has none.
+    let skips_proxy = request.no_proxy || request.raw.as_ref().is_some_and(|raw| raw.udp);
     let mut decisions = Vec::new();
     for _ in 0..20 {
         decisions = chain.decisions().await?;
-        if !decisions.is_empty() || request.no_proxy {
+        if !decisions.is_empty() || skips_proxy {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -176,7 +178,7 @@ async fn exercise(case: &Case, chain: &Chain) -> Result<(Vec<String>, Value)> {
     // A datagram or a connection's first bytes may still be on their way.
     let host_records = match &listener {
         Some(listener) => {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(HOST_GRACE).await;
             listener.records()
         }
         None => Vec::new(),
@@ -197,6 +199,10 @@ async fn exercise(case: &Case, chain: &Chain) -> Result<(Vec<String>, Value)> {
     }
     Ok((failures, evidence))
 }
+
+/// How long the host listener goes on listening once the client is done: a datagram or a
+/// connection's first bytes on the same machine arrive within milliseconds.
+const HOST_GRACE: Duration = Duration::from_millis(300);
 
 /// The case's URL with its placeholders filled: the bottle's names and addresses, and the host
 /// listener's port. Only the addresses the URL names are looked up.
