@@ -135,9 +135,9 @@ async fn endpoints(
         .unwrap_or_default())
 }
 
-/// The network's (first) IPv4 subnet, e.g. `172.20.0.0/16`.
-pub async fn subnet(docker: &Docker, network: &str) -> Result<String> {
-    docker
+/// The network's IPAM configs, as Docker records them.
+async fn ipam_configs(docker: &Docker, network: &str) -> Result<Vec<bollard::models::IpamConfig>> {
+    Ok(docker
         .inspect_network(
             network,
             None::<bollard::query_parameters::InspectNetworkOptions>,
@@ -146,7 +146,15 @@ pub async fn subnet(docker: &Docker, network: &str) -> Result<String> {
         .with_context(|| format!("inspecting network {network}"))?
         .ipam
         .and_then(|ipam| ipam.config)
-        .and_then(|configs| configs.into_iter().find_map(|c| c.subnet))
+        .unwrap_or_default())
+}
+
+/// The network's (first) IPv4 subnet, e.g. `172.20.0.0/16`.
+pub async fn subnet(docker: &Docker, network: &str) -> Result<String> {
+    ipam_configs(docker, network)
+        .await?
+        .into_iter()
+        .find_map(|c| c.subnet)
         .with_context(|| format!("network {network} has no subnet"))
 }
 
@@ -154,16 +162,7 @@ pub async fn subnet(docker: &Docker, network: &str) -> Result<String> {
 /// bridge, unless the network was made without one (`inhibit_ipv4`), when nothing answers there.
 /// Docker records none for its default bridge: there it is the subnet's first address.
 pub async fn gateway(docker: &Docker, network: &str) -> Result<String> {
-    let configs = docker
-        .inspect_network(
-            network,
-            None::<bollard::query_parameters::InspectNetworkOptions>,
-        )
-        .await
-        .with_context(|| format!("inspecting network {network}"))?
-        .ipam
-        .and_then(|ipam| ipam.config)
-        .unwrap_or_default();
+    let configs = ipam_configs(docker, network).await?;
     if let Some(gateway) = configs.iter().find_map(|c| c.gateway.clone()) {
         return Ok(gateway);
     }

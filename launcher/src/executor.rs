@@ -297,8 +297,9 @@ async fn start_steps(
     Ok(Running { plan, ids })
 }
 
-/// The engines where the agent's confinement cannot hold, with the reason: the network it rests
-/// on (a bridge with no host address, README.md) is not the host's own there.
+/// The engines where the bottle's confinement is not known to hold, with the reason: the scanner's
+/// network without a host address, the in-memory volume and the namespace the relay joins are
+/// measured on Docker Engine only (README.md, "Where it cannot hold").
 pub fn unconfinable(
     info: &bollard::models::SystemInfo,
     version: &bollard::models::SystemVersion,
