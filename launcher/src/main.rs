@@ -316,11 +316,11 @@ async fn ps() -> Result<u8, LaunchError> {
     let docker = bottle::docker::connect().await?;
     let bottles = executor::list(&docker).await?;
     println!(
-        "{:<28} {:<9} {:<32} NETWORKS",
-        "NAME", "SCANNER", "STATE (agent/mitm/scanner)"
+        "{:<28} {:<9} {:<40} NETWORKS",
+        "NAME", "SCANNER", "STATE (agent/mitm/scanner/relay)"
     );
     for bottle in bottles {
-        let state = ["agent", "mitm", "scanner"]
+        let state = ["agent", "mitm", "scanner", "relay"]
             .map(|role| {
                 bottle
                     .containers
@@ -330,7 +330,7 @@ async fn ps() -> Result<u8, LaunchError> {
             })
             .join("/");
         println!(
-            "{:<28} {:<9} {:<32} {}",
+            "{:<28} {:<9} {:<40} {}",
             bottle.name, bottle.scanner, state, bottle.networks
         );
     }
