@@ -122,6 +122,10 @@ const AGENT_PROBES: &[(&str, &[u8])] = &[
     ("probes/probe.js", recipe_bytes!("agent/probes/probe.js")),
     ("probes/probe.py", recipe_bytes!("agent/probes/probe.py")),
     (
+        "probes/probe_result.py",
+        recipe_bytes!("agent/probes/probe_result.py"),
+    ),
+    (
         "probes/probe-curl.py",
         recipe_bytes!("agent/probes/probe-curl.py"),
     ),
