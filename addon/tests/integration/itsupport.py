@@ -645,6 +645,18 @@ class Mitm:
         with self._cond:
             return "\n".join(self.lines[self._line_mark :])
 
+    def wait_output(self, text: str, timeout: float = 5.0) -> str:
+        """`output` once it holds `text` (mitmproxy's lines reach the reader thread a moment
+        after the client has its answer), or as it is when the time is up."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while text not in "\n".join(self.lines[self._line_mark :]) and not self._eof:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            return "\n".join(self.lines[self._line_mark :])
+
     def mark(self) -> None:
         """Start of a test on a shared process: `output` and `decisions()` begin here."""
         with self._cond:

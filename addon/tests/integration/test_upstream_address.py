@@ -130,17 +130,19 @@ def test_a_reused_connection_stays_on_the_checked_address(
     assert [r.status for r in rs] == [200] * N, [r.text for r in rs]
     assert len(c.upstream.connections) == 1
     assert c.upstream.connections[0].sni == "localhost"
-    assert c.mitm.output.count("rebinding-test: lookup") == 1, c.mitm.output
-    assert f"server connect 127.0.0.1:{c.upstream.port}" in c.mitm.output
+    output = c.mitm.wait_output(f"server connect 127.0.0.1:{c.upstream.port}")
+    assert output.count("rebinding-test: lookup") == 1, output
+    assert f"server connect 127.0.0.1:{c.upstream.port}" in output
     # A new client connection opens a new upstream connection: checked again, and the name now
     # resolves to an address that is not allowed.
     r = c.h1("GET", "/rebound")
     assert r.status == 502, r.text
     assert "private or internal address" in r.text, r.text
     assert len(c.upstream.connections) == 1
-    assert "lookup 2 of localhost -> 127.0.0.2" in c.mitm.output
-    assert "server connect 127.0.0.2" not in c.mitm.output
     records = c.mitm.wait_decisions(N + 1)
+    output = c.mitm.wait_output("lookup 2 of localhost -> 127.0.0.2")
+    assert "lookup 2 of localhost -> 127.0.0.2" in output
+    assert "server connect 127.0.0.2" not in output
     assert [rec["reason"] for rec in records] == [None] * N + ["upstream_address"]
     assert_no_addon_error(c)
 
