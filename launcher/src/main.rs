@@ -87,8 +87,10 @@ enum Command {
     /// Build the local images a bottle runs (from Debian packages and PyPI, no registry needed),
     /// or reuse them when they exist. Tags are content hashes of the recipes.
     ///
-    /// Needs root (debootstrap) the first time, debootstrap and python3 with pip on the host.
-    /// Environment: BOTTLE_CACHE_DIR (downloads, default ~/.cache/bottle), BOTTLE_DEBIAN_MIRROR.
+    /// Needs only the Docker engine: Debian packages and wheels are fetched over HTTPS by bottle
+    /// itself (the host's CA roots, SSL_CERT_FILE honoured) and installed inside the engine.
+    /// Environment: BOTTLE_CACHE_DIR (downloads, default ~/.cache/bottle), BOTTLE_DEBIAN_MIRROR
+    /// (default https://deb.debian.org/debian), PIP_INDEX_URL (default https://pypi.org/simple).
     Images {
         /// Which images; default: everything a bottle runs.
         #[arg(value_enum)]

@@ -26,19 +26,29 @@ pub async fn build(
     let context = scratch.join("context");
     std::fs::create_dir_all(&context).map_err(io_err("creating the build context"))?;
     fill_context(spec, &context, cache).await?;
-
-    let step = Step::start(format!("building image {tag}"));
     let args = HashMap::from([(spec.parent_arg, parent_tag)]);
+    build_context(docker, label, &context, tag, &args).await
+}
+
+/// Builds `tag` from a ready build context (a folder with its Dockerfile).
+pub async fn build_context(
+    docker: &Docker,
+    label: &str,
+    context: &Path,
+    tag: &str,
+    args: &HashMap<&str, &str>,
+) -> Result<(), ImageError> {
+    let step = Step::start(format!("building image {tag}"));
     let labels = HashMap::from([("org.bottle.recipe", label)]);
     let options = BuildImageOptionsBuilder::new()
         .t(tag)
-        .buildargs(&args)
+        .buildargs(args)
         .labels(&labels)
         .networkmode("none")
         .rm(true)
         .forcerm(true)
         .build();
-    let (tar_bytes, tar) = tar_stream(&context)?;
+    let (tar_bytes, tar) = tar_stream(context)?;
     let body = bollard::body_try_stream(tar_bytes);
     let mut stream = docker.build_image(options, None, Some(body));
     let mut log = String::new();
@@ -82,6 +92,21 @@ pub async fn build(
         });
     }
     sent?;
+    // A multi-stage build leaves its earlier stages' layers behind, untagged and unused.
+    let kept: Vec<String> = docker
+        .image_history(tag)
+        .await
+        .map(|history| history.into_iter().map(|h| h.id).collect())
+        .unwrap_or_default();
+    let unused: Vec<String> = layers
+        .into_iter()
+        .filter(|l| {
+            !kept
+                .iter()
+                .any(|k| k.trim_start_matches("sha256:").starts_with(l.as_str()))
+        })
+        .collect();
+    remove_untagged(docker, &unused).await;
     step.done();
     Ok(())
 }
@@ -130,7 +155,7 @@ fn link_dir(from: &Path, to: &Path) -> Result<(), ImageError> {
 }
 
 /// Hard links are free for large inputs (the Claude CLI is ~370 MB); copy across filesystems.
-fn link_or_copy(from: &Path, to: &Path) -> Result<(), ImageError> {
+pub(crate) fn link_or_copy(from: &Path, to: &Path) -> Result<(), ImageError> {
     if std::fs::hard_link(from, to).is_err() {
         std::fs::copy(from, to).map_err(io_err("copying into the build context"))?;
     }

@@ -1,35 +1,18 @@
-//! Fetching on the host: pinned wheels with pip, and the Claude Code CLI out of its wheel.
+//! Fetching on the host: pinned wheels from the package index, and the Claude Code CLI out of
+//! its wheel. No pip on the host: each pin names one file by its hash, which is all a download
+//! needs.
 //!
-//! Fetching happens here, where the host's network settings (its CA bundle, `PIP_CERT`, a
-//! corporate proxy) already work; image builds then run with no network at all, so no
+//! Fetching happens here, where the host's network settings (its CA bundle) already work; image builds then run with no network at all, so no
 //! certificate of the build host can end up in an image.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-
 use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
 
-use super::{ImageError, io_err, tail};
+use futures_util::{StreamExt, TryStreamExt};
+
+use super::http::Http;
+use super::{ImageError, io_err};
 use crate::progress::Step;
-
-/// pip's target: the images' Python (Debian trixie's CPython 3.13) on x86_64 glibc.
-const PIP_PLATFORM_ARGS: &[&str] = &[
-    "--only-binary=:all:",
-    "--python-version",
-    "3.13",
-    "--implementation",
-    "cp",
-    "--platform",
-    "manylinux_2_17_x86_64",
-    "--platform",
-    "manylinux_2_28_x86_64",
-    "--platform",
-    "manylinux_2_34_x86_64",
-    "--platform",
-    "manylinux2014_x86_64",
-    "--platform",
-    "any",
-];
 
 /// The member of the claude-agent-sdk wheel that is the Claude Code CLI.
 const CLAUDE_IN_WHEEL: &str = "claude_agent_sdk/_bundled/claude";
@@ -50,7 +33,7 @@ pub async fn wheelhouse(cache: &Path, requirements: &str) -> Result<PathBuf, Ima
     std::fs::create_dir_all(&dir).map_err(io_err("creating the wheelhouse"))?;
     let reqs = dir.join("requirements.txt");
     std::fs::write(&reqs, requirements).map_err(io_err("writing requirements.txt"))?;
-    pip_download(&reqs, &dir).await.inspect_err(|_| {
+    download_pins(requirements, &dir).await.inspect_err(|_| {
         let _ = std::fs::remove_dir_all(&dir);
     })?;
     std::fs::write(dir.join(".complete"), b"").map_err(io_err("marking the wheelhouse"))?;
@@ -58,46 +41,130 @@ pub async fn wheelhouse(cache: &Path, requirements: &str) -> Result<PathBuf, Ima
     Ok(dir)
 }
 
-async fn pip_download(requirements: &Path, dest: &Path) -> Result<(), ImageError> {
-    let output = tokio::process::Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--require-hashes",
-            "--progress-bar",
-            "off",
-        ])
-        .args(PIP_PLATFORM_ARGS)
-        .arg("-r")
-        .arg(requirements)
-        .arg("-d")
-        .arg(dest)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| ImageError::StepFailed {
-            image: "wheels".into(),
-            step: "python3 -m pip download".into(),
-            tail: e.to_string(),
-            hint: "bottle fetches Python wheels with the host's pip: install python3 and pip \
-                   (e.g. `apt-get install python3-pip`)."
-                .into(),
-        })?;
-    if !output.status.success() {
-        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&output.stderr));
-        return Err(ImageError::StepFailed {
-            image: "wheels".into(),
-            step: format!("pip download -r {}", requirements.display()),
-            tail: tail(&text, 20),
-            hint: "check that PyPI is reachable from this host (behind a TLS-intercepting proxy, \
-                   point PIP_CERT or SSL_CERT_FILE at its CA bundle)."
-                .into(),
+/// One line of a pinned requirements file: `name==version --hash=sha256:<hex> ...`.
+#[derive(Debug, PartialEq)]
+struct Pin {
+    name: String,
+    hashes: Vec<String>,
+}
+
+/// The pins of a requirements file; every line must carry a hash (as `--require-hashes`).
+fn parse_pins(requirements: &str) -> Result<Vec<Pin>, String> {
+    let mut pins = Vec::new();
+    for line in requirements.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let spec = words.next().unwrap_or("");
+        let name = spec
+            .split_once("==")
+            .map(|(n, _)| n)
+            .ok_or_else(|| format!("`{spec}` is not pinned with =="))?;
+        let hashes: Vec<String> = words
+            .filter_map(|w| w.strip_prefix("--hash=sha256:"))
+            .map(str::to_string)
+            .collect();
+        if hashes.is_empty() {
+            return Err(format!("`{spec}` has no --hash=sha256:"));
+        }
+        pins.push(Pin {
+            name: name.to_string(),
+            hashes,
         });
     }
-    Ok(())
+    Ok(pins)
+}
+
+/// PEP 503's project name in an index URL: lowercase, runs of `-_.` as one `-`.
+fn normalized(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars() {
+        if matches!(c, '-' | '_' | '.') {
+            if !out.ends_with('-') {
+                out.push('-');
+            }
+        } else {
+            out.push(c.to_ascii_lowercase());
+        }
+    }
+    out
+}
+
+/// The links of a PEP 503 project page: (file name, href, sha256 of the href's fragment).
+fn index_links(page: &str) -> Vec<(String, String, Option<String>)> {
+    let mut links = Vec::new();
+    for anchor in page.split("<a ").skip(1) {
+        let Some((tag, rest)) = anchor.split_once('>') else {
+            continue;
+        };
+        let Some(href) = tag
+            .split_once("href=\"")
+            .and_then(|(_, h)| h.split_once('"'))
+            .map(|(h, _)| h.replace("&amp;", "&"))
+        else {
+            continue;
+        };
+        let text = rest.split("</a>").next().unwrap_or("").trim().to_string();
+        let sha256 = href
+            .split_once("#sha256=")
+            .map(|(_, hash)| hash.to_string());
+        links.push((text, href, sha256));
+    }
+    links
+}
+
+/// Downloads each pinned file, found on the index (`PIP_INDEX_URL`, default PyPI) by its hash,
+/// as pip's `download --no-deps --require-hashes` would: only a file with a pinned hash is
+/// taken, and its bytes are checked against it.
+async fn download_pins(requirements: &str, dest: &Path) -> Result<(), ImageError> {
+    let index = std::env::var("PIP_INDEX_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "https://pypi.org/simple".to_string());
+    let failed = |tail: String| ImageError::StepFailed {
+        image: "wheels".into(),
+        step: "downloading pinned wheels".into(),
+        tail,
+        hint: "check that the package index is reachable from this host (PIP_INDEX_URL names \
+               another; behind a TLS-intercepting proxy, SSL_CERT_FILE names its CA bundle)."
+            .into(),
+    };
+    let pins = parse_pins(requirements).map_err(failed)?;
+    let http = Http::new().map_err(failed)?;
+    let index = &index;
+    let http = &http;
+    futures_util::stream::iter(pins.into_iter().map(|pin| async move {
+        let page_url = format!("{}/{}/", index.trim_end_matches('/'), normalized(&pin.name));
+        let page = http.get(&page_url).await.map_err(failed)?;
+        let (file_name, href, sha256) = index_links(&String::from_utf8_lossy(&page))
+            .into_iter()
+            .find(|(_, _, sha)| sha.as_ref().is_some_and(|s| pin.hashes.contains(s)))
+            .ok_or_else(|| {
+                failed(format!(
+                    "{page_url} lists no file with the pinned hash of {}",
+                    pin.name
+                ))
+            })?;
+        let url = url::Url::parse(&page_url)
+            .and_then(|base| base.join(&href))
+            .map_err(|e| failed(format!("{href}: {e}")))?;
+        let bytes = http.get(url.as_str()).await.map_err(failed)?;
+        let actual = hex::encode(Sha256::digest(&bytes));
+        if Some(&actual) != sha256.as_ref() {
+            return Err(failed(format!(
+                "{url}: sha256 {actual} is not the pinned one"
+            )));
+        }
+        if file_name.contains('/') || file_name.is_empty() {
+            return Err(failed(format!("{page_url}: a file name `{file_name}`")));
+        }
+        std::fs::write(dest.join(&file_name), &bytes).map_err(io_err("writing a wheel"))
+    }))
+    .buffer_unordered(8)
+    .try_collect::<()>()
+    .await
 }
 
 /// The Claude Code CLI, extracted from the pinned claude-agent-sdk wheel into the cache.
@@ -150,4 +217,42 @@ fn extract_member(zip_path: &Path, member: &str, dest: &Path) -> Result<(), Imag
     std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o755))
         .map_err(io_err("making claude executable"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_need_a_version_and_a_hash() {
+        let pins =
+            parse_pins("# c\nA_b.C==1 --hash=sha256:aa --hash=sha256:bb  # why\n\n").unwrap();
+        assert_eq!(
+            pins,
+            [Pin {
+                name: "A_b.C".into(),
+                hashes: vec!["aa".into(), "bb".into()]
+            }]
+        );
+        assert_eq!(normalized("A_b..C"), "a-b-c");
+        assert!(parse_pins("mitmproxy>=12\n").is_err());
+        assert!(parse_pins("mitmproxy==12\n").is_err());
+    }
+
+    #[test]
+    fn index_links_carry_their_hashes() {
+        let page = r#"<html><a href="../../p/x-1.whl#sha256=aa" data-requires-python="&gt;=3.9">x-1.whl</a>
+<a href="https://f.example/y-2.tar.gz?a=1&amp;b=2#sha256=bb">y-2.tar.gz</a><a href="z">z</a>"#;
+        let links = index_links(page);
+        assert_eq!(
+            links[0],
+            (
+                "x-1.whl".into(),
+                "../../p/x-1.whl#sha256=aa".into(),
+                Some("aa".into())
+            )
+        );
+        assert_eq!(links[1].1, "https://f.example/y-2.tar.gz?a=1&b=2#sha256=bb");
+        assert_eq!(links[2].2, None);
+    }
 }

@@ -81,7 +81,7 @@ pub const BASE_PRUNE: &[&str] = &[
     "usr/share/info",
 ];
 /// Bump when the way the base is made changes in a way the constants above do not show.
-const BASE_RECIPE_REVISION: &str = "1";
+const BASE_RECIPE_REVISION: &str = "2";
 
 /// A Dockerfile recipe: its text and what its build context holds.
 pub struct DockerRecipe {
@@ -202,7 +202,12 @@ pub fn base_tag() -> String {
         .part("suite", DEBIAN_SUITE.as_bytes())
         .part("variant", DEBIAN_VARIANT.as_bytes())
         .part("packages", DEBIAN_PACKAGES.join(",").as_bytes())
-        .part("prune", BASE_PRUNE.join(",").as_bytes());
+        .part("prune", BASE_PRUNE.join(",").as_bytes())
+        .part(
+            "dockerfile",
+            super::base::SECOND_STAGE_DOCKERFILE.as_bytes(),
+        )
+        .part("second-stage", super::base::SECOND_STAGE_SCRIPT.as_bytes());
     format!("{}:{}", Recipe::Base.repository(), h.tag())
 }
 

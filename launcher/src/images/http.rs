@@ -1,0 +1,118 @@
+//! A small HTTPS client for the Debian archive, so the host needs no debootstrap, curl or wget.
+//!
+//! Trust comes from the host's roots (`SSL_CERT_FILE` and `SSL_CERT_DIR` are honoured, as for
+//! every other fetch here), so a network that intercepts TLS with its own CA works as on the host.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// One GET may take this long, body included: the largest Debian package here is ~15 MB.
+const GET_TIMEOUT: Duration = Duration::from_secs(300);
+const MAX_REDIRECTS: usize = 5;
+
+#[derive(Clone)]
+pub struct Http {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
+}
+
+impl Http {
+    pub fn new() -> Result<Self, String> {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()
+            .map_err(|e| format!("reading the host's CA certificates: {e}"))?
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        Ok(Http { client })
+    }
+
+    /// The body of `url`, following redirects; any status but 2xx is an error.
+    pub async fn get(&self, url: &str) -> Result<Bytes, String> {
+        tokio::time::timeout(GET_TIMEOUT, self.get_following(url))
+            .await
+            .map_err(|_| format!("GET {url}: no answer within {}s", GET_TIMEOUT.as_secs()))?
+    }
+
+    async fn get_following(&self, url: &str) -> Result<Bytes, String> {
+        let mut url = url.to_string();
+        for _ in 0..=MAX_REDIRECTS {
+            let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+            let request = hyper::Request::get(uri)
+                .header(hyper::header::USER_AGENT, "bottle-image-builder")
+                .body(Empty::new())
+                .map_err(|e| format!("{url}: {e}"))?;
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
+            let status = response.status();
+            if status.is_redirection() {
+                let location = response
+                    .headers()
+                    .get(hyper::header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .ok_or_else(|| format!("GET {url}: {status} without a Location"))?;
+                url = resolve(&url, location);
+                continue;
+            }
+            if !status.is_success() {
+                return Err(format!("GET {url}: {status}"));
+            }
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("GET {url}: reading the body: {e}"))?;
+            return Ok(body.to_bytes());
+        }
+        Err(format!("GET {url}: more than {MAX_REDIRECTS} redirects"))
+    }
+}
+
+/// A Location may be absolute or a path on the same origin.
+fn resolve(base: &str, location: &str) -> String {
+    if location.contains("://") {
+        return location.to_string();
+    }
+    let origin_end = base
+        .find("://")
+        .and_then(|i| base[i + 3..].find('/').map(|j| i + 3 + j))
+        .unwrap_or(base.len());
+    format!("{}{}", &base[..origin_end], location)
+}
+
+/// hyper's errors say "client error (Connect)"; the cause (DNS, refused, certificate) is below.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relative_location_stays_on_the_origin() {
+        assert_eq!(
+            resolve("https://a.example/x/y", "/z"),
+            "https://a.example/z"
+        );
+        assert_eq!(
+            resolve("https://a.example/x", "http://b.example/q"),
+            "http://b.example/q"
+        );
+    }
+}
