@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 use bollard::Docker;
 use bottle::executor::{self, StartOptions};
 use bottle::plan::{
@@ -18,6 +18,7 @@ use bottle::plan::{
     ScannerKind, ScannerSpec, UpstreamCa,
 };
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use testcontainers::core::WaitFor;
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
@@ -39,8 +40,8 @@ pub const UPSTREAM_HOSTS: [&str; 3] = [
 ];
 const UPSTREAM_CONTROL: &str = "http://127.0.0.1:9999";
 
-/// What a test may vary about its bottle; the rest is the launcher's plan.
-/// Only the default can be shared (`pool`): anything else gets a fresh bottle.
+/// What a test may vary about its bottle; the rest is the launcher's plan. Bottles with the
+/// same options are shared through the pool (`pool_key`); another addon never is.
 #[derive(Clone, Debug, Default)]
 pub struct ChainOptions {
     /// The Claude Code agent image instead of the probe image.
@@ -52,12 +53,28 @@ pub struct ChainOptions {
 }
 
 impl ChainOptions {
-    /// Whether these are the defaults, the only options a pooled bottle has.
+    /// Whether these are the defaults, the options of the pool's first bottles.
     pub fn is_default(&self) -> bool {
         !self.claude
             && self.agent_env.is_empty()
             && self.credentials.is_empty()
             && self.addon_dir.is_none()
+    }
+
+    /// The pool bottles with exactly these options share this key: `default`, or a hash of
+    /// everything the options set. None: never pooled (another addon is a test's own).
+    pub fn pool_key(&self) -> Option<String> {
+        if self.addon_dir.is_some() {
+            return None;
+        }
+        if self.is_default() {
+            return Some(crate::pool::DEFAULT_KEY.to_string());
+        }
+        let described = format!(
+            "claude={:?} env={:?} credentials={:?}",
+            self.claude, self.agent_env, self.credentials
+        );
+        Some(hex::encode(&Sha256::digest(described.as_bytes())[..6]))
     }
 }
 
@@ -240,7 +257,14 @@ impl Chain {
     /// A bottle another process brought up with the default options and still owns (a pool
     /// bottle): found by its name, described by the same plan, never torn down from here.
     /// Call [`Chain::reset`] before using it.
-    pub async fn attach(docker: &Docker, images: &TestImages, name: &str) -> Result<Chain> {
+    /// The running bottle `name`, brought up with `options` (a pool bottle): checked to run
+    /// the images the plan says, so a bottle of other options is never taken for it.
+    pub async fn attach(
+        docker: &Docker,
+        images: &TestImages,
+        name: &str,
+        options: &ChainOptions,
+    ) -> Result<Chain> {
         let upstream_name = upstream_name(name);
         let internet = internet_name(name);
         let (subnet, root_pem, upstream_ip) = tokio::try_join!(
@@ -253,8 +277,22 @@ impl Chain {
             ),
             network::ip(docker, &internet, &upstream_name),
         )?;
-        let options = ChainOptions::default();
-        let mut plan = plan::plan(&spec(name, images, &options, &internet, &subnet, &root_pem))?;
+        let mut plan = plan::plan(&spec(name, images, options, &internet, &subnet, &root_pem))?;
+        for container in &plan.containers {
+            let running = docker
+                .inspect_container(&container.name, None)
+                .await
+                .with_context(|| format!("attaching bottle {name}"))?
+                .config
+                .and_then(|c| c.image)
+                .unwrap_or_default();
+            ensure!(
+                running == container.image,
+                "pool bottle {name}: {} runs {running}, not {} as its options say",
+                container.name,
+                container.image
+            );
+        }
         let mut ids = HashMap::from([("upstream", upstream_name.clone())]);
         for container in &plan.containers {
             ids.insert(executor::role_name(container.role), container.name.clone());
@@ -525,4 +563,42 @@ fn json_lines(text: &str) -> Result<Vec<Value>> {
         .filter(|l| l.trim_start().starts_with('{'))
         .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l}")))
         .collect()
+}
+
+#[cfg(test)]
+mod pool_key_tests {
+    use super::*;
+
+    #[test]
+    fn bottles_share_a_pool_key_exactly_when_their_options_are_the_same() {
+        let default = ChainOptions::default();
+        assert_eq!(
+            default.pool_key().as_deref(),
+            Some(crate::pool::DEFAULT_KEY)
+        );
+        let claude = ChainOptions {
+            claude: true,
+            ..ChainOptions::default()
+        };
+        let env = |value: &str| ChainOptions {
+            agent_env: BTreeMap::from([("K".to_string(), value.to_string())]),
+            ..ChainOptions::default()
+        };
+        let keys = [&default, &claude, &env("a"), &env("b")].map(|o| o.pool_key().unwrap());
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert_ne!(a, b, "two option sets share a pool key");
+            }
+        }
+        assert_eq!(env("a").pool_key(), env("a").pool_key());
+        let other_addon = ChainOptions {
+            addon_dir: Some("/elsewhere".into()),
+            ..ChainOptions::default()
+        };
+        assert_eq!(
+            other_addon.pool_key(),
+            None,
+            "another addon is never shared"
+        );
+    }
 }

@@ -11,7 +11,14 @@
 //! after it. A case leases a bottle by locking its file (`flock`, released by the kernel when
 //! the process ends however it ends), resets it (`Chain::reset`) and lets it go when done.
 //! Without [`ENV`] (the test binary run directly, `cargo test`) every case brings up its own.
+//!
+//! Bottles with the default options are up before the first case. Once they are, the keeper
+//! also brings up one bottle for each other set of options the scenarios ask for (the Claude
+//! Code image, an agent environment, credential bindings), in a subdirectory named after the
+//! options' key (`ChainOptions::pool_key`); a case that comes before its bottle is up brings up
+//! its own, as without a pool.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -23,7 +30,7 @@ use bollard::Docker;
 
 use crate::chain::{Chain, ChainOptions};
 use crate::images::TestImages;
-use crate::{cleanup, fixture_bins};
+use crate::{cleanup, fixture_bins, runner, scenario};
 
 /// Set by the setup script for the tests: the pool's directory.
 pub const ENV: &str = "BOTTLE_POOL";
@@ -31,6 +38,8 @@ pub const ENV: &str = "BOTTLE_POOL";
 pub const DISABLE_ENV: &str = "BOTTLE_NO_POOL";
 
 const LOCK_SUFFIX: &str = ".lock";
+/// The key of the default options: their bottles' lock files are in the pool's directory itself.
+pub const DEFAULT_KEY: &str = "default";
 
 /// The pool this process was handed, if any.
 pub struct Pool {
@@ -49,45 +58,66 @@ impl Pool {
         dir.is_dir().then_some(Pool { dir })
     }
 
-    /// The names of the pool's bottles, leased or not.
-    pub fn names(&self) -> Result<Vec<String>> {
-        let mut names = Vec::new();
-        for entry in std::fs::read_dir(&self.dir)
-            .with_context(|| format!("reading the pool {}", self.dir.display()))?
-        {
-            let file_name = entry?.file_name().to_string_lossy().into_owned();
-            if let Some(name) = file_name.strip_suffix(LOCK_SUFFIX) {
-                names.push(name.to_string());
-            }
+    fn dir_of(&self, key: &str) -> PathBuf {
+        match key {
+            DEFAULT_KEY => self.dir.clone(),
+            key => self.dir.join(key),
         }
-        Ok(names)
     }
 
-    /// Blocks until one of the pool's bottles is free, and takes it.
-    pub async fn lease(&self) -> Result<Lease> {
-        let mut names = self.names()?;
-        if names.is_empty() {
-            bail!("the pool {} has no bottles", self.dir.display());
+    /// The names of the pool's default bottles, leased or not.
+    pub fn names(&self) -> Result<Vec<String>> {
+        names_in(&self.dir)
+    }
+
+    /// Blocks until one of the pool's bottles with options `key` is free, and takes it; None
+    /// when the pool has none (yet).
+    pub async fn lease_for(&self, key: &str) -> Result<Option<Lease>> {
+        let dir = self.dir_of(key);
+        if key != DEFAULT_KEY && names_in(&dir).map_or(true, |n| n.is_empty()) {
+            return Ok(None);
         }
-        // Start at a different bottle in each process, so free ones are found at once.
-        let start = std::process::id() as usize % names.len();
-        names.rotate_left(start);
-        loop {
-            for name in &names {
-                let file = File::open(self.dir.join(format!("{name}{LOCK_SUFFIX}")))
-                    .with_context(|| format!("the pool lost bottle {name}"))?;
-                // SAFETY: flock on a descriptor this function owns.
-                let locked =
-                    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-                if locked {
-                    return Ok(Lease {
-                        name: name.clone(),
-                        _lock: file,
-                    });
-                }
+        lease_in(&dir).await.map(Some)
+    }
+}
+
+fn names_in(dir: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in
+        std::fs::read_dir(dir).with_context(|| format!("reading the pool {}", dir.display()))?
+    {
+        let file_name = entry?.file_name().to_string_lossy().into_owned();
+        if let Some(name) = file_name.strip_suffix(LOCK_SUFFIX) {
+            names.push(name.to_string());
+        }
+    }
+    Ok(names)
+}
+
+/// Blocks until one of the bottles in `dir` is free, and takes it.
+async fn lease_in(dir: &Path) -> Result<Lease> {
+    let mut names = names_in(dir)?;
+    if names.is_empty() {
+        bail!("the pool {} has no bottles", dir.display());
+    }
+    // Start at a different bottle in each process, so free ones are found at once.
+    let start = std::process::id() as usize % names.len();
+    names.rotate_left(start);
+    loop {
+        for name in &names {
+            let file = File::open(dir.join(format!("{name}{LOCK_SUFFIX}")))
+                .with_context(|| format!("the pool lost bottle {name}"))?;
+            // SAFETY: flock on a descriptor this function owns.
+            let locked =
+                unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+            if locked {
+                return Ok(Lease {
+                    name: name.clone(),
+                    _lock: file,
+                });
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -131,8 +161,12 @@ pub async fn keep(docker: &Docker, images: &TestImages, size: usize, watched: u3
             stdout.flush()?;
             // The setup script reads one line and goes: nothing else is written to stdout.
             eprintln!("[bottle] pool of {size} ready in {}", dir.display());
-            stop(watched).await;
-            chains
+            let chains = std::sync::Mutex::new(chains);
+            tokio::select! {
+                _ = bring_up_other_options(docker, images, &dir, &chains) => stop(watched).await,
+                _ = stop(watched) => {}
+            }
+            chains.into_inner().unwrap_or_else(|e| e.into_inner())
         }
         Ok(None) => Vec::new(),
         Err(e) => {
@@ -165,6 +199,49 @@ async fn bring_up(
         File::create(dir.join(format!("{}{LOCK_SUFFIX}", chain.plan.name)))?;
     }
     Ok(chains)
+}
+
+/// One bottle for each set of options other than the default that a scenario asks for, one
+/// after the other (the cases are running by now), each offered once it is up.
+async fn bring_up_other_options(
+    docker: &Docker,
+    images: &TestImages,
+    dir: &Path,
+    chains: &std::sync::Mutex<Vec<Chain>>,
+) {
+    let scenarios = match scenario::load_dir(scenario::default_dir()) {
+        Ok(scenarios) => scenarios,
+        Err(e) => {
+            eprintln!("[bottle] pool: no bottles for other options: {e}");
+            return;
+        }
+    };
+    let mut wanted: BTreeMap<String, ChainOptions> = BTreeMap::new();
+    for case in scenario::expand(&scenarios) {
+        let options = runner::options_for(&case);
+        if let Some(key) = options.pool_key().filter(|k| k != DEFAULT_KEY) {
+            wanted.entry(key).or_insert(options);
+        }
+    }
+    for (key, options) in wanted {
+        let chain = match Chain::up(docker, images, options).await {
+            Ok(chain) => chain,
+            Err(e) => {
+                eprintln!("[bottle] pool: a bottle for options {key} failed: {e:#}");
+                continue;
+            }
+        };
+        let offered = std::fs::create_dir_all(dir.join(&key)).and_then(|()| {
+            File::create(
+                dir.join(&key)
+                    .join(format!("{}{LOCK_SUFFIX}", chain.plan.name)),
+            )
+        });
+        if let Err(e) = offered {
+            eprintln!("[bottle] pool: offering the bottle for options {key}: {e}");
+        }
+        chains.lock().unwrap_or_else(|e| e.into_inner()).push(chain);
+    }
 }
 
 /// Returns when `watched` has exited or this process is asked to stop.

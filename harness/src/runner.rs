@@ -48,13 +48,15 @@ pub async fn execute(
     let docker = bottle::docker::connect().await?;
     let images = images::ensure(&docker).await?;
     let t0 = Instant::now();
-    // A pooled bottle when there is a pool and the case needs nothing but the defaults; the
-    // lease is held until the chain is let go.
-    let pool = Pool::from_env().filter(|_| options.is_default());
-    let (chain, lease) = match pool {
-        Some(pool) => {
-            let lease = pool.lease().await?;
-            let mut chain = Chain::attach(&docker, &images, &lease.name).await?;
+    // A pooled bottle when the pool has one with the case's options; the lease is held until
+    // the chain is let go.
+    let lease = match (Pool::from_env(), options.pool_key()) {
+        (Some(pool), Some(key)) => pool.lease_for(&key).await?,
+        _ => None,
+    };
+    let (chain, lease) = match lease {
+        Some(lease) => {
+            let mut chain = Chain::attach(&docker, &images, &lease.name, &options).await?;
             chain.reset().await?;
             eprintln!(
                 "[bottle] pool bottle {} leased and reset in {:.1}s",
@@ -252,7 +254,7 @@ impl Neighbour {
         if let Some(pool) = Pool::from_env() {
             let names = pool.names()?;
             if let Some(other) = names.iter().find(|name| **name != mine.plan.name) {
-                let chain = Chain::attach(docker, &images, other).await?;
+                let chain = Chain::attach(docker, &images, other, &ChainOptions::default()).await?;
                 return Ok(Neighbour {
                     chain,
                     owned: false,
