@@ -73,6 +73,17 @@ pub async fn ensure(docker: &Docker) -> Result<TestImages> {
     }
 }
 
+/// Builds what is missing of every image but the fixtures, which need the fixture binaries:
+/// so the images can build while cargo compiles those.
+pub async fn build_all_but_fixtures(docker: &Docker) -> Result<()> {
+    let wanted: Vec<Recipe> = Recipe::ALL
+        .into_iter()
+        .filter(|r| *r != Recipe::Fixtures)
+        .collect();
+    images::ensure(docker, &ImageOptions::from_env(), &wanted).await?;
+    Ok(())
+}
+
 /// Builds what is missing (progress on stderr) and returns every tag, always checking.
 pub async fn build_missing(docker: &Docker) -> Result<TestImages> {
     let opts = ImageOptions {

@@ -44,9 +44,19 @@ async fn run() -> Result<()> {
     // Before the fixture build and the images: an engine or a disk that cannot serve fails now.
     bottle::preflight::check(&docker, false).await?;
     let started = std::time::Instant::now();
-    let step = bottle::progress::Step::start("building the fixture binaries (cargo)");
-    let binaries = fixture_bins::build()?;
-    step.done();
+    // The fixture binaries compile while the images that do not carry them build.
+    let fixture_build = tokio::task::spawn_blocking(|| {
+        let step = bottle::progress::Step::start("building the fixture binaries (cargo)");
+        let binaries = fixture_bins::build()?;
+        step.done();
+        Ok::<_, anyhow::Error>(binaries)
+    });
+    let (binaries, others) = tokio::join!(
+        fixture_build,
+        bottle_harness::images::build_all_but_fixtures(&docker)
+    );
+    let binaries = binaries.context("the fixture build task")??;
+    others?;
     // Hand the binaries to the tests, so that they do not run cargo again.
     if let Some(path) = std::env::var_os("NEXTEST_ENV") {
         let mut file = std::fs::OpenOptions::new().append(true).open(path)?;
