@@ -9,9 +9,9 @@ use bottle_harness::{fixture_bins, report};
 fn main() -> ExitCode {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut nextest = Command::new(&cargo);
-    // `cargo run` hands this process its package's variables (CARGO_PKG_NAME, ...). Some build
-    // scripts (ring's) rerun when those change, so passing them on would rebuild half the tree
-    // here and again at the next `cargo nextest run` from a shell.
+    // `cargo run` hands this process its package's variables (CARGO_PKG_NAME, OUT_DIR, ...).
+    // Some build scripts (ring's) rerun when those change, so passing them on would rebuild
+    // half the tree here and again at the next `cargo nextest run` from a shell.
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy();
         if name.starts_with("CARGO_PKG_")
@@ -20,6 +20,7 @@ fn main() -> ExitCode {
                 "CARGO_CRATE_NAME",
                 "CARGO_BIN_NAME",
                 "CARGO_PRIMARY_PACKAGE",
+                "OUT_DIR",
             ]
             .contains(&&*name)
         {
