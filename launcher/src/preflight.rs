@@ -144,6 +144,41 @@ mod tests {
         assert!(disk_problem("/x", gib / 2, false).is_some());
     }
 
+    const CARGO_WRAPPER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../.cargo/preflight");
+
+    #[test]
+    fn before_the_first_compile_an_engine_that_does_not_answer_is_one_line() {
+        let target = tempfile::tempdir().unwrap();
+        let output = std::process::Command::new(CARGO_WRAPPER)
+            .arg("true")
+            .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+            .env("CARGO_TARGET_DIR", target.path())
+            .env_remove("BOTTLE_SKIP_PREFLIGHT")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "the wrapper let rustc run: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        assert!(
+            err.contains("does not answer") && err.contains("DOCKER_HOST"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_cargo_wrapper_hands_rustc_every_variable_even_with_a_dash_in_its_name() {
+        // cargo gives integration tests CARGO_BIN_EXE_<bin-name>; a POSIX sh would drop it.
+        let output = std::process::Command::new(CARGO_WRAPPER)
+            .arg("env")
+            .env("BOTTLE_SKIP_PREFLIGHT", "1")
+            .env("CARGO_BIN_EXE_bottle-test-hold", "/x")
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        let env = String::from_utf8_lossy(&output.stdout);
+        assert!(env.contains("CARGO_BIN_EXE_bottle-test-hold=/x"), "{env}");
+    }
+
     #[test]
     fn the_free_space_of_a_local_path_is_read_and_a_missing_one_is_none() {
         assert!(free_bytes("/").is_some_and(|free| free > 0));

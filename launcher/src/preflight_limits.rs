@@ -1,6 +1,5 @@
-//! What an engine and a machine need to run bottles: shared, std and libc only, by the
-//! launcher's preflight and by the harness's build script (which checks before the long
-//! first compile).
+//! What an engine and a machine need to run bottles. `.cargo/preflight` checks the same limits
+//! before the first compile, in shell: keep the two in step.
 
 /// Docker 20.10's API: `inhibit_ipv4`, volume driver options and the calls bottle makes.
 pub const MIN_API: (u32, u32) = (1, 41);
