@@ -2,32 +2,82 @@
 //!
 //! Trust comes from the host's roots (`SSL_CERT_FILE` and `SSL_CERT_DIR` are honoured, as for
 //! every other fetch here), so a network that intercepts TLS with its own CA works as on the host.
+//! An https URL goes through the proxy `HTTPS_PROXY` names (`NO_PROXY` honoured), as curl's would.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
+use hyper::Uri;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::proxy::matcher::Matcher;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 /// One GET may take this long, body included: the largest Debian package here is ~15 MB.
 const GET_TIMEOUT: Duration = Duration::from_secs(300);
 const MAX_REDIRECTS: usize = 5;
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// TCP to the destination, or a CONNECT tunnel through the environment's proxy for https.
+#[derive(Clone)]
+struct ProxyAware {
+    direct: HttpConnector,
+    proxies: Arc<Matcher>,
+}
+
+impl tower_service::Service<Uri> for ProxyAware {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let mut direct = self.direct.clone();
+        let proxy = (dst.scheme_str() == Some("https"))
+            .then(|| self.proxies.intercept(&dst))
+            .flatten();
+        match proxy {
+            Some(proxy) => {
+                let mut tunnel = Tunnel::new(proxy.uri().clone(), direct);
+                if let Some(auth) = proxy.basic_auth() {
+                    tunnel = tunnel.with_auth(auth.clone());
+                }
+                Box::pin(async move { tunnel.call(dst).await.map_err(Into::into) })
+            }
+            None => Box::pin(async move { direct.call(dst).await.map_err(Into::into) }),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Http {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    client: Client<hyper_rustls::HttpsConnector<ProxyAware>, Empty<Bytes>>,
 }
 
 impl Http {
     pub fn new() -> Result<Self, String> {
+        let mut direct = HttpConnector::new();
+        direct.enforce_http(false);
+        let inner = ProxyAware {
+            direct,
+            proxies: Arc::new(Matcher::from_env()),
+        };
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_native_roots()
             .map_err(|e| format!("reading the host's CA certificates: {e}"))?
             .https_or_http()
             .enable_http1()
-            .build();
+            .wrap_connector(inner);
         let client = Client::builder(TokioExecutor::new()).build(connector);
         Ok(Http { client })
     }
