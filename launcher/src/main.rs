@@ -88,7 +88,8 @@ enum Command {
     /// or reuse them when they exist. Tags are content hashes of the recipes.
     ///
     /// Needs only the Docker engine: Debian packages and wheels are fetched over HTTPS by bottle
-    /// itself (the host's CA roots, SSL_CERT_FILE honoured) and installed inside the engine.
+    /// itself (the host's CA roots, SSL_CERT_FILE and HTTPS_PROXY honoured) and installed inside
+    /// the engine.
     /// Environment: BOTTLE_CACHE_DIR (downloads, default ~/.cache/bottle), BOTTLE_DEBIAN_MIRROR
     /// (default https://deb.debian.org/debian), PIP_INDEX_URL (default https://pypi.org/simple).
     Images {
