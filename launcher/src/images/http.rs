@@ -22,6 +22,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 /// One GET may take this long, body included: the largest Debian package here is ~15 MB.
 const GET_TIMEOUT: Duration = Duration::from_secs(300);
 const MAX_REDIRECTS: usize = 5;
+/// Tries of one GET in all, 1 s then 2 s apart.
+const ATTEMPTS: u32 = 3;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -83,46 +85,99 @@ impl Http {
     }
 
     /// The body of `url`, following redirects; any status but 2xx is an error.
+    /// A network error, a timeout or a 5xx/429 is tried again (as pip and debootstrap did), up
+    /// to [`ATTEMPTS`] times in all; anything else fails at once.
     pub async fn get(&self, url: &str) -> Result<Bytes, String> {
-        tokio::time::timeout(GET_TIMEOUT, self.get_following(url))
-            .await
-            .map_err(|_| format!("GET {url}: no answer within {}s", GET_TIMEOUT.as_secs()))?
+        let mut attempt = 1;
+        loop {
+            let result = tokio::time::timeout(GET_TIMEOUT, self.get_following(url))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Failure::transient(format!(
+                        "GET {url}: no answer within {}s",
+                        GET_TIMEOUT.as_secs()
+                    )))
+                });
+            match result {
+                Ok(body) => return Ok(body),
+                Err(failure) if failure.transient && attempt < ATTEMPTS => {
+                    tokio::time::sleep(Duration::from_secs(1 << (attempt - 1))).await;
+                    attempt += 1;
+                }
+                Err(failure) if attempt > 1 => {
+                    return Err(format!("{} (tried {attempt} times)", failure.message));
+                }
+                Err(failure) => return Err(failure.message),
+            }
+        }
     }
 
-    async fn get_following(&self, url: &str) -> Result<Bytes, String> {
+    async fn get_following(&self, url: &str) -> Result<Bytes, Failure> {
         let mut url = url.to_string();
         for _ in 0..=MAX_REDIRECTS {
-            let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+            let uri: hyper::Uri = url
+                .parse()
+                .map_err(|e| Failure::permanent(format!("{url}: {e}")))?;
             let request = hyper::Request::get(uri)
                 .header(hyper::header::USER_AGENT, "bottle-image-builder")
                 .body(Empty::new())
-                .map_err(|e| format!("{url}: {e}"))?;
+                .map_err(|e| Failure::permanent(format!("{url}: {e}")))?;
             let response = self
                 .client
                 .request(request)
                 .await
-                .map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
+                .map_err(|e| Failure::transient(format!("GET {url}: {}", error_chain(&e))))?;
             let status = response.status();
             if status.is_redirection() {
                 let location = response
                     .headers()
                     .get(hyper::header::LOCATION)
                     .and_then(|v| v.to_str().ok())
-                    .ok_or_else(|| format!("GET {url}: {status} without a Location"))?;
+                    .ok_or_else(|| {
+                        Failure::permanent(format!("GET {url}: {status} without a Location"))
+                    })?;
                 url = resolve(&url, location);
                 continue;
             }
             if !status.is_success() {
-                return Err(format!("GET {url}: {status}"));
+                let message = format!("GET {url}: {status}");
+                return Err(match status.is_server_error() || status.as_u16() == 429 {
+                    true => Failure::transient(message),
+                    false => Failure::permanent(message),
+                });
             }
             let body = response
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| format!("GET {url}: reading the body: {e}"))?;
+                .map_err(|e| Failure::transient(format!("GET {url}: reading the body: {e}")))?;
             return Ok(body.to_bytes());
         }
-        Err(format!("GET {url}: more than {MAX_REDIRECTS} redirects"))
+        Err(Failure::permanent(format!(
+            "GET {url}: more than {MAX_REDIRECTS} redirects"
+        )))
+    }
+}
+
+/// Why a GET failed, and whether trying again may help.
+struct Failure {
+    message: String,
+    transient: bool,
+}
+
+impl Failure {
+    fn transient(message: String) -> Self {
+        Failure {
+            message,
+            transient: true,
+        }
+    }
+
+    fn permanent(message: String) -> Self {
+        Failure {
+            message,
+            transient: false,
+        }
     }
 }
 
