@@ -151,7 +151,7 @@ async fn download_pins(requirements: &str, dest: &Path) -> Result<(), ImageError
             .and_then(|base| base.join(&href))
             .map_err(|e| failed(format!("{href}: {e}")))?;
         let bytes = http.get(url.as_str()).await.map_err(failed)?;
-        let actual = hex::encode(Sha256::digest(&bytes));
+        let actual = super::debian::sha256_hex(&bytes);
         if Some(&actual) != sha256.as_ref() {
             return Err(failed(format!(
                 "{url}: sha256 {actual} is not the pinned one"

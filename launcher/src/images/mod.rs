@@ -1,5 +1,5 @@
-//! Images built here, with no registry: a Debian base by debootstrap, and images built FROM it
-//! by the engine's classic builder with no network. The harness and the launcher both call
+//! Images built here, with no registry: a Debian base (`base.rs`, no debootstrap), and images
+//! built FROM it by the engine's classic builder with no network. The harness and the launcher both call
 //! [`ensure`]; tags are content hashes, so an existing image is reused and a missing one is
 //! built on demand, with progress on stderr.
 

@@ -13,8 +13,8 @@ use super::ImageError;
 /// The images bottle builds locally.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Recipe {
-    /// Debian trixie minbase by debootstrap, with every Debian package any image needs, so the
-    /// ~300 MB root filesystem is stored once and shared.
+    /// Debian trixie minbase, made as debootstrap would (`base.rs`), with every Debian package
+    /// any image needs, so the ~300 MB root filesystem is stored once and shared.
     Base,
     /// Base + mitmproxy 12.2.3 in a venv.
     Mitmproxy,
