@@ -28,9 +28,11 @@ use crate::images::TestImages;
 use crate::network::{self, InternalNetwork};
 use crate::{cleanup, run};
 
-/// Ports where the upstream fixture hears every byte, TCP and UDP, and answers nothing: a relay
-/// of any protocol to them (DNS first) is recorded.
-pub const RAW_PORTS: [u16; 2] = [53, 5353];
+/// The upstream fixture's sink: every TCP and UDP port its HTTP listeners (443, 80) do not
+/// serve, from the test internet, reaches one listener here that records every byte and
+/// answers nothing (`fixtures/upstream/src/sink.rs`). A relay of any protocol to any port of
+/// the test internet is recorded; the control port stays reachable from inside only.
+pub const SINK_PORT: u16 = 9;
 
 /// The names the upstream fixture answers for on the test internet.
 pub const UPSTREAM_HOSTS: [&str; 3] = [
@@ -488,9 +490,7 @@ async fn start_upstream(
     for host in UPSTREAM_HOSTS {
         args.extend(["--host".into(), host.into()]);
     }
-    for port in RAW_PORTS {
-        args.extend(["--raw-port".into(), port.to_string()]);
-    }
+    args.extend(["--sink-port".into(), SINK_PORT.to_string()]);
     let upstream = image(&images.fixtures)
         .with_entrypoint("bottle-upstream")
         .with_wait_for(WaitFor::message_on_stdout("bottle-upstream ready"))
@@ -503,6 +503,8 @@ async fn start_upstream(
             "/etc/bottle-upstream/root.key",
             root.key_pem.clone().into_bytes(),
         )
+        // The sink's nftables rule; the fixture is the test internet, never the agent's.
+        .with_cap_add("NET_ADMIN")
         .with_network(internet)
         .with_container_name(name)
         .with_labels(run::labels())

@@ -9,7 +9,7 @@ use bollard::Docker;
 use bollard::query_parameters::{ListContainersOptionsBuilder, ListNetworksOptionsBuilder};
 use bottle::plan::Role;
 use bottle_harness::chain::{Chain, ChainOptions};
-use bottle_harness::exec::exec;
+use bottle_harness::exec::{exec, exec_ok};
 use bottle_harness::{images, run};
 
 /// Containers and networks labelled with this owner pid.
@@ -150,4 +150,105 @@ async fn a_panicking_test_leaves_nothing() -> Result<()> {
         "{left} containers or networks left after a panic"
     );
     Ok(())
+}
+
+/// Sent from mitmproxy's container (the one the agent's bytes leave by): a TCP stream to a port
+/// nothing serves, one inside TLS on another, a UDP datagram, and bytes for the control port.
+const SINK_PROBE: &str = r#"
+import socket, ssl, sys
+ip = sys.argv[1]
+def tcp(port, data):
+    s = socket.create_connection((ip, port), 3)
+    s.sendall(data)
+    s.close()
+tcp(22, b"sink-probe-tcp-22")
+tcp(9999, b"GET /records HTTP/1.1\r\nHost: sink-probe-control\r\n\r\n")
+socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"sink-probe-udp-443", (ip, 443))
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.set_alpn_protocols(["sink-probe-alpn"])
+t = ctx.wrap_socket(socket.create_connection((ip, 8443), 3), server_hostname="sink-probe.example")
+t.sendall(b"sink-probe-inside-tls")
+t.close()
+"#;
+
+#[tokio::test]
+async fn the_test_internet_hears_every_port_the_upstream_does_not_serve() -> Result<()> {
+    let docker = bottle::docker::connect().await?;
+    let images = images::ensure(&docker).await?;
+    let chain = Chain::up(&docker, &images, ChainOptions::default()).await?;
+    let result = async {
+        exec_ok(
+            chain.docker(),
+            chain.id(Role::Mitm),
+            None,
+            &["python3", "-c", SINK_PROBE, &chain.upstream_ip],
+        )
+        .await?;
+        let heard = |records: &[serde_json::Value],
+                     (_, port, transport, bytes): &(&str, u16, &str, &str)| {
+            records.iter().any(|r| {
+                r["kind"] == "raw"
+                    && r["port"] == *port
+                    && r["transport"] == *transport
+                    && r["body"].as_str().is_some_and(|b| b.contains(bytes))
+            })
+        };
+        let hello = |records: &[serde_json::Value]| {
+            records.iter().any(|r| {
+                r["port"] == 8443
+                    && r["sni"] == "sink-probe.example"
+                    && r["alpn_offers"][0] == "sink-probe-alpn"
+            })
+        };
+        let sent = [
+            ("TCP to 22", 22, "tcp", "sink-probe-tcp-22"),
+            (
+                "TCP to the control port from outside",
+                9999,
+                "tcp",
+                "sink-probe-control",
+            ),
+            ("UDP to 443", 443, "udp", "sink-probe-udp-443"),
+            (
+                "what was sent inside TLS on 8443",
+                8443,
+                "tls",
+                "sink-probe-inside-tls",
+            ),
+        ];
+        // The sink records as bytes arrive; give the last ones a moment.
+        let mut records = Vec::new();
+        for _ in 0..20 {
+            records = chain.upstream_records().await?;
+            if hello(&records) && sent.iter().all(|one| heard(&records, one)) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        for one in &sent {
+            ensure!(
+                heard(&records, one),
+                "the sink did not hear {}: {records:#?}",
+                one.0
+            );
+        }
+        ensure!(
+            hello(&records),
+            "the sink did not record the ClientHello on 8443: {records:#?}"
+        );
+        let dst = format!("{}:22", chain.upstream_ip);
+        ensure!(
+            records.iter().any(|r| r["dst"] == dst.as_str()),
+            "no record names its destination {dst}: {records:#?}"
+        );
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        eprintln!("{}", chain.logs().await);
+    }
+    chain.down().await?;
+    result
 }

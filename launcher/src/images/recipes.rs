@@ -71,6 +71,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "curl",
     "nodejs",
     "openssl",
+    // The upstream fixture's sink: one nftables tproxy rule sends every other port to it.
+    "nftables",
 ];
 /// Removed from the root filesystem before import: apt's caches and documentation.
 pub const BASE_PRUNE: &[&str] = &[
@@ -164,6 +166,7 @@ pub fn docker_recipe(recipe: Recipe, fixture_binaries: &[PathBuf]) -> Option<Doc
         },
         Recipe::Agent => DockerRecipe {
             files: AGENT_PROBES,
+            wheels: Some(recipe_file!("agent/requirements.txt")),
             ..plain(recipe_file!("agent/Dockerfile"), "BASE")
         },
         Recipe::AgentClaude => DockerRecipe {
