@@ -209,6 +209,12 @@ pub struct Scenario {
     pub protocols: Vec<Protocol>,
     #[serde(default)]
     pub needs: Needs,
+    /// BYPASS: the class of attack (e.g. "h1 framing"), the report's grouping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    /// BYPASS: the technique, one line, shown in the report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub technique: Option<String>,
     /// Reported UNIMPLEMENTED with this reason, never run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unimplemented: Option<String>,
@@ -299,6 +305,147 @@ pub struct RawOptions {
     /// straight to the URL's host and port.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub udp: bool,
+    /// false: no CONNECT; the bytes go to the proxy port itself (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<bool>,
+    /// Instead of the body: bytes sent in order, with pauses and reads between them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<RawStep>,
+    /// Instead of the body: HTTP/2 frames, after the client preface and an empty SETTINGS.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub h2: Vec<H2Frame>,
+}
+
+/// One step of `request.raw.steps`: wait, send, and maybe read what comes back.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStep {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_base64: Option<String>,
+    /// Milliseconds to wait before sending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_ms: Option<u64>,
+    /// Collect what comes back (until a pause in it) before the next step.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read: bool,
+}
+
+/// One HTTP/2 frame of `request.raw.h2`, spelled by the scenario (probe-raw.py sends it).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct H2Frame {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
+    /// HEADERS/CONTINUATION: the block's fields, HPACK literals never indexed, no Huffman.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_base64: Option<String>,
+    /// RST_STREAM and GOAWAY.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<u32>,
+    /// WINDOW_UPDATE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub increment: Option<u32>,
+    /// PRIORITY.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depends_on: Option<u32>,
+    /// The same frame this many times (a flood).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<u32>,
+}
+
+/// Frame types and the flags each may carry (RFC 9113); `raw` is `data_base64` as it is.
+const H2_FRAMES: [(&str, &[&str]); 10] = [
+    (
+        "headers",
+        &["end_stream", "end_headers", "padded", "priority"],
+    ),
+    ("continuation", &["end_headers"]),
+    ("data", &["end_stream", "padded"]),
+    ("rst_stream", &[]),
+    ("settings", &["ack"]),
+    ("window_update", &[]),
+    ("ping", &["ack"]),
+    ("priority", &[]),
+    ("goaway", &[]),
+    ("raw", &[]),
+];
+
+fn check_raw(raw: &RawOptions, request: &Request, problems: &mut Vec<String>) {
+    let payloads = [
+        request.body.is_some() || request.body_base64.is_some(),
+        raw.dns_query.is_some(),
+        !raw.steps.is_empty(),
+        !raw.h2.is_empty(),
+    ];
+    if payloads.iter().filter(|p| **p).count() > 1 {
+        problems.push(
+            "request.raw sends one of: the body, dns_query, steps or h2; more than one is set"
+                .into(),
+        );
+    }
+    if raw.udp && (raw.connect.is_some() || !raw.steps.is_empty() || !raw.h2.is_empty()) {
+        problems
+            .push("request.raw.udp sends one datagram: connect, steps and h2 do not apply".into());
+    }
+    for (i, step) in raw.steps.iter().enumerate() {
+        let what = format!("request.raw.steps[{i}].");
+        if step.send.is_some() == step.send_base64.is_some() {
+            problems.push(format!("{what}: give send or send_base64, exactly one"));
+        }
+        check_body(
+            &what,
+            step.send.as_deref(),
+            step.send_base64.as_deref(),
+            problems,
+        );
+    }
+    if !raw.h2.is_empty() && !raw.alpn.iter().any(|a| a == "h2") {
+        problems.push(
+            "request.raw.h2 needs alpn = [\"h2\"]: mitmproxy speaks h2 only if offered".into(),
+        );
+    }
+    for (i, frame) in raw.h2.iter().enumerate() {
+        let what = format!("request.raw.h2[{i}]");
+        let Some((_, flags)) = H2_FRAMES.iter().find(|(kind, _)| *kind == frame.kind) else {
+            let known: Vec<&str> = H2_FRAMES.iter().map(|(k, _)| *k).collect();
+            problems.push(format!(
+                "{what}.type {:?} is not one of {}",
+                frame.kind,
+                known.join(" ")
+            ));
+            continue;
+        };
+        for flag in &frame.flags {
+            if !flags.contains(&flag.as_str()) {
+                problems.push(format!(
+                    "{what}: a {} frame has no flag {flag:?} (its flags: {})",
+                    frame.kind,
+                    flags.join(" ")
+                ));
+            }
+        }
+        if frame.data.is_some() && frame.data_base64.is_some() {
+            problems.push(format!(
+                "{what}: data and data_base64 are both set; keep one"
+            ));
+        }
+        check_body(
+            &format!("{what}."),
+            None,
+            frame.data_base64.as_deref(),
+            problems,
+        );
+    }
 }
 
 fn default_method() -> String {
@@ -425,14 +572,15 @@ pub struct Expect {
     /// Subset match, names case-insensitive.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
-    /// This string must appear at no upstream, on no port (the upstream records).
+    /// This string must appear at no upstream, on no port: no request, no ClientHello, no byte
+    /// the sink heard on any TCP or UDP port of the test internet (the upstream records).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
     /// Exact number of upstream receipts for this request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_requests: Option<u32>,
-    /// Exact number of upstream records of any kind: requests, failed TLS handshakes, and raw
-    /// bytes on any raw port (`upstream_records = 0`: nothing reached the test internet).
+    /// Exact number of upstream records of any kind: requests, failed TLS handshakes, and the
+    /// sink's bytes on any other port (`upstream_records = 0`: nothing reached the test internet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_records: Option<u32>,
     /// The authority every upstream receipt carries (h1 Host, h2 `:authority`): the chain's.
@@ -708,6 +856,11 @@ fn validate(s: &Scenario) -> Vec<String> {
     if raw_options && !raw_client {
         problems.push("request.raw is for the raw client: set clients = [\"raw\"]".into());
     }
+    if let Some(request) = &s.request
+        && let Some(raw) = &request.raw
+    {
+        check_raw(raw, request, &mut problems);
+    }
     if let Some(up) = &s.upstream {
         if up.routes.is_empty() {
             problems.push("upstream.routes is empty; remove [scenario.upstream] or add one".into());
@@ -782,6 +935,20 @@ fn validate(s: &Scenario) -> Vec<String> {
         problems.push(
             "expect.host_records and a URL on {host_port} go together: the listener on the host \
              hears only its own port"
+                .into(),
+        );
+    }
+    // A bypass is a secret that gets out: each case names the one it tries to get out, and the
+    // sink and every upstream record are searched for it. Only a case that must pass (a twin
+    // of a technique, a request that reaches the upstream) may have none.
+    if parse_id(&s.id) == Ok(Family::Bypass)
+        && s.unimplemented.is_none()
+        && e.secret.is_none()
+        && e.upstream_requests.unwrap_or(0) == 0
+    {
+        problems.push(
+            "a BYPASS case names the secret it tries to get out (expect.secret); only one that \
+             must reach the upstream (expect.upstream_requests >= 1) may have none"
                 .into(),
         );
     }
@@ -1133,6 +1300,16 @@ unimplemented = "needs an exec probe"
         assert!(problem(text).contains("no [scenario.request]"));
         let text = format!("{text}unimplemented = \"\"\n");
         assert!(problem(&text).contains("needs a reason"));
+    }
+
+    #[test]
+    fn a_bypass_case_names_its_secret_unless_it_must_pass() {
+        let bypass = |expect: &str| minimal("", "", expect).replace("PASS-001", "BYPASS-001");
+        assert!(problem(&bypass("status = 403")).contains("names the secret"));
+        parse(&bypass("status = 403\nsecret = \"AKIA\"")).unwrap();
+        parse(&bypass("status = 200\nupstream_requests = 1")).unwrap();
+        // Other families need not.
+        parse(&minimal("", "", "status = 403")).unwrap();
     }
 
     #[test]
