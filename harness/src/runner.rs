@@ -138,7 +138,12 @@ async fn exercise(case: &Case, chain: &Chain) -> Result<(Vec<String>, Value)> {
         .collect();
     probe_request.body = request.body_bytes()?;
     probe_request.no_proxy = request.no_proxy;
-    probe_request.raw = request.raw.as_ref().map(serde_json::to_value).transpose()?;
+    let mut raw = request.raw.clone();
+    // The TLS server name may name an address too (a name other than the CONNECT target).
+    if let Some(sni) = raw.as_mut().and_then(|raw| raw.sni.as_mut()) {
+        *sni = fill_url(sni, chain, listener.as_ref()).await?;
+    }
+    probe_request.raw = raw.as_ref().map(serde_json::to_value).transpose()?;
     let default_timeout = if case.client == scenario::Client::Claude {
         90_000
     } else {
