@@ -34,6 +34,8 @@ from . import (
 logger = logging.getLogger("bottle")
 
 ENV_PIPELOCK_URL = "CLAUDE_BOTTLE_PIPELOCK_URL"
+# Set by the launcher only for the test harness: allows the test-only switches below.
+ENV_TEST_SWITCHES = "BOTTLE_TEST_SWITCHES"
 # Where mitmproxy may listen when the agent comes in through bottle_agent_socket.
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 DEFAULT_PROXY_PORT = 8080
@@ -111,6 +113,8 @@ class BottleAddon:
         # Client connection id -> the (host, port)s a verdict allowed a request to on it: the
         # only server connections it may open (and the only names looked up for it).
         self._allowed_targets: dict[str, set[tuple[str, int]]] = {}
+        # bottle_test_verdict=allow: the suite's negative control only (refused outside tests).
+        self.test_verdict_allows = False
 
     def load(self, loader: Any) -> None:
         # From here on, no log line carries the agent's bytes (logs.py).
@@ -178,6 +182,13 @@ class BottleAddon:
             "each connection is carried to mitmproxy's proxy port on its own loopback.",
         )
         loader.add_option(
+            "bottle_test_verdict",
+            str,
+            "",
+            "TESTS ONLY: 'allow' skips the scanner and allows every request the addon's own "
+            f"rules pass (the suite's negative control); refused unless {ENV_TEST_SWITCHES}=1.",
+        )
+        loader.add_option(
             "bottle_upstream_ca",
             str,
             "",
@@ -202,6 +213,7 @@ class BottleAddon:
                 "in through the socket, and the proxy port must not be open on mitmproxy's "
                 "networks (the scanner's, the egress)"
             )
+        self.test_verdict_allows = self._test_verdict(options.bottle_test_verdict)
         url = options.bottle_pipelock_url or os.environ.get(ENV_PIPELOCK_URL, "")
         if not url:
             raise exceptions.OptionsError(
@@ -239,6 +251,26 @@ class BottleAddon:
                 self.log.close()
             self.log = log
         self._configure_upstream_trust(options, updated)
+
+    def _test_verdict(self, value: str) -> bool:
+        """Whether the test-only switch that stubs the verdict to allow is on (refused unless
+        the environment says this is a test)."""
+        if not value:
+            return False
+        if value != "allow":
+            raise exceptions.OptionsError(
+                f"bottle: bottle_test_verdict must be empty or 'allow', not {value!r}"
+            )
+        if os.environ.get(ENV_TEST_SWITCHES) != "1":
+            raise exceptions.OptionsError(
+                "bottle: bottle_test_verdict is a test-only switch (every request allowed "
+                f"without the scanner); it is refused unless {ENV_TEST_SWITCHES}=1"
+            )
+        logger.warning(
+            "bottle: TEST SWITCH ON: bottle_test_verdict=allow: the scanner is not asked and "
+            "every request the addon's own rules pass is allowed. Never use this bottle."
+        )
+        return True
 
     def _configure_upstream_trust(self, options: Any, updated: set[str]) -> None:
         """Points mitmproxy's upstream trust at the system roots plus `bottle_upstream_ca`."""
@@ -405,23 +437,29 @@ class BottleAddon:
             return
         scan_request = scanner.build_request(judged, agent_id=flow.id)
         started = time.monotonic()
-        try:
-            answer = await scanner.ask(self.scanner, scan_request)
-        except scanner.ScannerError as e:
+        if self.test_verdict_allows:
+            # The test-only switch (bottle_test_verdict): no scanner, every request allowed.
+            state["verdict_ms"] = 0.0
+            decision = verdict.Verdict(verdict.Kind.ALLOW, "test switch")
+        else:
+            try:
+                answer = await scanner.ask(self.scanner, scan_request)
+            except scanner.ScannerError as e:
+                state["verdict_ms"] = _ms_since(started)
+                self._answer_unavailable(flow, state, str(e))
+                return
             state["verdict_ms"] = _ms_since(started)
-            self._answer_unavailable(flow, state, str(e))
-            return
-        state["verdict_ms"] = _ms_since(started)
-        decision = verdict.read_answer(answer)
-        state["scanner"] = {
-            "status": answer.status,
-            "block_reason": logs.scanner_code(answer.header("x-pipelock-block-reason")),
-            "ms": state["verdict_ms"],
-        }
+            decision = verdict.read_answer(answer)
+            state["scanner"] = {
+                "status": answer.status,
+                "block_reason": logs.scanner_code(answer.header("x-pipelock-block-reason")),
+                "ms": state["verdict_ms"],
+            }
         if decision.kind is verdict.Kind.ALLOW:
             # What goes upstream is what was judged, written by the chain (canonical.py).
             canonical.apply(flow.request, judged)
-            state.update(decided_by="pipelock", verdict="allow", reason=None)
+            decided_by = "test_switch" if self.test_verdict_allows else "pipelock"
+            state.update(decided_by=decided_by, verdict="allow", reason=None)
             state["judged"] = judged.summary()
             self._allowed_targets.setdefault(flow.client_conn.id, set()).add(
                 (policy.normalise_host(view.host), view.port)

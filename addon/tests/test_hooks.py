@@ -148,6 +148,43 @@ def test_a_bad_timeout_refuses_to_start(timeout: int) -> None:
     assert "bottle_verdict_timeout_ms" in refusal(bottle_verdict_timeout_ms=timeout)
 
 
+def test_the_test_verdict_switch_is_refused_outside_tests(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(hooks.ENV_TEST_SWITCHES, raising=False)
+    assert "test-only switch" in refusal(bottle_test_verdict="allow")
+    monkeypatch.setenv(hooks.ENV_TEST_SWITCHES, "1")
+    assert "empty or 'allow'" in refusal(bottle_test_verdict="block")
+
+
+async def test_the_test_verdict_switch_allows_without_asking_the_scanner(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fake: FakeScanner
+) -> None:
+    monkeypatch.setenv(hooks.ENV_TEST_SWITCHES, "1")
+    fake.answer = lambda: BLOCK
+    bottle = hooks.BottleAddon()
+    log = tmp_path / "decisions.jsonl"
+    with context(bottle) as tctx:
+        tctx.configure(
+            bottle,
+            **SAFE,
+            bottle_pipelock_url="http://pipelock:8888",
+            bottle_decision_log=str(log),
+            bottle_test_verdict="allow",
+        )
+        flow = https_flow(path=b"/upload?token=secret")
+        await bottle.request(flow)
+        assert flow.response is None
+        assert fake.asked == []
+        upstream_response(flow, "application/json")
+        bottle.response(flow)
+        (line,) = records(log)
+        assert (line["verdict"], line["decided_by"]) == ("allow", "test_switch")
+        # The addon's own rules still hold: a method outside the set is refused.
+        refused = https_flow(method=b"TRACE")
+        await bottle.request(refused)
+        assert refused.response is not None
+        assert refused.response.status_code == 403
+
+
 def test_a_bad_credentials_file_refuses_to_start(tmp_path: Path) -> None:
     path = tmp_path / "bindings.json"
     path.write_text('{"bindings": [{"host": "a.b", "header": "x", "value_env": "UNSET_X"}]}')

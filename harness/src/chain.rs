@@ -52,6 +52,9 @@ pub struct ChainOptions {
     pub credentials: Vec<CredentialBinding>,
     /// A different addon directory (the harness's own negative control).
     pub addon_dir: Option<PathBuf>,
+    /// The addon's test-only switch: every request allowed without the scanner (the BYPASS
+    /// lane's negative control). Never pooled.
+    pub verdict_stub_allow: bool,
 }
 
 impl ChainOptions {
@@ -61,12 +64,13 @@ impl ChainOptions {
             && self.agent_env.is_empty()
             && self.credentials.is_empty()
             && self.addon_dir.is_none()
+            && !self.verdict_stub_allow
     }
 
     /// The pool bottles with exactly these options share this key: `default`, or a hash of
     /// everything the options set. None: never pooled (another addon is a test's own).
     pub fn pool_key(&self) -> Option<String> {
-        if self.addon_dir.is_some() {
+        if self.addon_dir.is_some() || self.verdict_stub_allow {
             return None;
         }
         if self.is_default() {
@@ -187,6 +191,7 @@ fn spec(
             ssrf_allow: vec![internet_subnet.to_string()],
         },
         credentials: options.credentials.clone(),
+        test_verdict_allow: options.verdict_stub_allow,
     }
 }
 
@@ -213,6 +218,8 @@ impl Chain {
         let upstream_name = upstream_name(&name);
         let start_options = StartOptions {
             extra_labels: run::labels().into_iter().collect(),
+            // The suite is the one caller that may turn on the addon's test-only switch.
+            allow_test_switches: options.verdict_stub_allow,
             ..StartOptions::default()
         };
         // Armed from here: a failed upstream cancels a half-made start, which this removes.

@@ -103,6 +103,11 @@ pub struct CaseResult {
     pub protocol: Protocol,
     /// `BLOCK-001::curl::h2`
     pub name: String,
+    /// BYPASS: the scenario's class and technique (the report groups by class).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub technique: Option<String>,
     pub outcome: Outcome,
     /// Required for anything but PASS (why it failed, is unimplemented, does not apply).
     pub reason: Option<String>,
@@ -127,6 +132,8 @@ impl CaseResult {
             client: case.client,
             protocol: case.protocol,
             name: case.name(),
+            class: case.scenario.class.clone(),
+            technique: case.scenario.technique.clone(),
             outcome,
             reason,
             duration_ms: 0,
@@ -320,6 +327,62 @@ impl Index {
     }
 
     /// `report.md`: header, the matrix, then every case that did not pass with its reason.
+    /// The BYPASS lane by technique class: per class, its techniques and how each one's cases
+    /// came out, and the class's run time. Empty when no case of a class ran.
+    pub fn bypass_by_class(&self) -> String {
+        // class -> technique -> (scenario id, results)
+        let mut classes: BTreeMap<&str, BTreeMap<(&str, &str), Vec<&CaseResult>>> = BTreeMap::new();
+        for r in &self.results {
+            if let (Some(class), Some(technique)) = (&r.class, &r.technique) {
+                classes
+                    .entry(class.as_str())
+                    .or_default()
+                    .entry((r.id.as_str(), technique.as_str()))
+                    .or_default()
+                    .push(r);
+            }
+        }
+        if classes.is_empty() {
+            return String::new();
+        }
+        let mut out = String::from(
+            "## BYPASS by technique class
+
+",
+        );
+        for (class, techniques) in &classes {
+            let all: Vec<&CaseResult> = techniques.values().flatten().copied().collect();
+            let passed = all.iter().filter(|r| r.outcome == Outcome::Pass).count();
+            let failed = all.iter().filter(|r| r.outcome == Outcome::Fail).count();
+            let ran_ms: u64 = all.iter().map(|r| r.duration_ms).sum();
+            let _ = writeln!(
+                out,
+                "### {} — {} techniques, {passed}/{} cases passed, {failed} failed, {:.1} s
+",
+                cell(class),
+                techniques.len(),
+                all.len(),
+                ran_ms as f64 / 1000.0
+            );
+            let _ = writeln!(out, "| scenario | technique | cases |\n|---|---|---|");
+            for ((id, technique), results) in techniques {
+                let cases: Vec<String> = results
+                    .iter()
+                    .map(|r| format!("{} {} {}", r.client, r.protocol, r.outcome.short()))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} |",
+                    cell(id),
+                    cell(technique),
+                    cases.join(", ")
+                );
+            }
+            let _ = writeln!(out);
+        }
+        out
+    }
+
     pub fn markdown(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "# bottle conformance report\n");
@@ -382,6 +445,7 @@ impl Index {
         }
         let _ = writeln!(out, "\nAn empty cell: that case did not run in this run.\n");
 
+        let _ = writeln!(out, "{}", self.bypass_by_class());
         let _ = writeln!(out, "{}", self.time_by_family());
 
         let _ = writeln!(out, "## Not passing\n");
@@ -696,6 +760,46 @@ status = 200
         r.images = BTreeMap::from([("mitmproxy".into(), "bottle-mitmproxy:abc".into())]);
         r.evidence = serde_json::json!({"decision": {"verdict": "block"}});
         r
+    }
+
+    #[test]
+    fn the_bypass_lane_is_grouped_by_class_with_each_technique() {
+        let scenarios = parse_str(
+            r#"
+[[scenario]]
+id = "BYPASS-024"
+title = "CL.TE"
+class = "h1 framing"
+technique = "request smuggling, CL.TE"
+property = "P7"
+[scenario.request]
+url = "https://example.com/"
+[scenario.expect]
+status = 400
+secret = "AKIA"
+"#,
+            Path::new("test.toml"),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let report = Report::at(dir.path().join("report"));
+        for case in &expand(&scenarios) {
+            report.record(&result(case, REAL)).unwrap();
+        }
+        let index = report.index().unwrap();
+        let lane = index.bypass_by_class();
+        // Node's cases fail and python's h2 does not apply (result() above): 3 of 6 pass.
+        assert!(
+            lane.contains("### h1 framing — 1 techniques, 3/6 cases passed, 2 failed, 0.1 s"),
+            "{lane}"
+        );
+        assert!(
+            lane.contains("| BYPASS-024 | request smuggling, CL.TE | curl h1 PASS"),
+            "{lane}"
+        );
+        assert!(index.markdown().contains("## BYPASS by technique class"));
+        // Without BYPASS results there is no section.
+        assert_eq!(Index::build(Vec::new(), Vec::new()).bypass_by_class(), "");
     }
 
     #[test]

@@ -34,7 +34,17 @@ pub fn options_for(case: &Case) -> ChainOptions {
             })
             .collect(),
         addon_dir: None,
+        verdict_stub_allow: false,
     }
+}
+
+/// Runs `case` on a bottle the caller brought up (reset first): one bottle for many cases, as
+/// a negative control does with a bottle whose options no pooled bottle has. Ok carries the
+/// unmet expectations (empty: PASS).
+pub async fn execute_on(case: &Case, chain: &mut Chain) -> Result<Vec<String>> {
+    chain.reset().await?;
+    let (failures, _) = exercise(case, chain).await?;
+    Ok(failures)
 }
 
 /// The images by role, and the scanner that ran.
@@ -456,10 +466,7 @@ pub fn check(
         fail(format!(
             "expected {count} upstream records of any kind, got {}: {:?}",
             records.len(),
-            records
-                .iter()
-                .map(|r| format!("{} on port {}", r["kind"], r["port"]))
-                .collect::<Vec<_>>()
+            records.iter().map(describe_record).collect::<Vec<_>>()
         ));
     }
     // On every case: what left is what was judged (below), whatever the scenario expects.
@@ -824,6 +831,52 @@ fn record_body(record: &Value) -> Vec<u8> {
     }
 }
 
+/// One upstream record as a failure shows it: where it arrived and exactly what (the sink's
+/// bytes as text when they are, else base64), cut at 400 characters.
+fn describe_record(r: &Value) -> String {
+    let text = |v: &Value| v.as_str().map(str::to_owned);
+    let cut = |s: String| one_line_cut(&s, 400);
+    match r["kind"].as_str() {
+        Some("request") => format!(
+            "request {} {} {} on port {} ({} body bytes{})",
+            r["method"].as_str().unwrap_or("?"),
+            r["authority"].as_str().unwrap_or("?"),
+            cut(text(&r["path"]).unwrap_or_default()),
+            r["port"],
+            r["body_len"],
+            text(&r["body"]).map_or(String::new(), |b| format!(": {:?}", cut(b)))
+        ),
+        Some("raw") => format!(
+            "{} bytes by {} to {} (port {}){}: {}",
+            r["body_len"],
+            r["transport"].as_str().unwrap_or("?"),
+            r["dst"].as_str().unwrap_or("a raw port"),
+            r["port"],
+            text(&r["sni"]).map_or(String::new(), |sni| format!(", TLS server name {sni:?}")),
+            text(&r["body"]).map_or_else(
+                || format!(
+                    "base64 {}",
+                    cut(text(&r["body_base64"]).unwrap_or_default())
+                ),
+                |b| format!("{:?}", cut(b))
+            )
+        ),
+        _ => format!(
+            "{} on port {}: {}",
+            r["kind"],
+            r["port"],
+            cut(r.to_string())
+        ),
+    }
+}
+
+fn one_line_cut(s: &str, max_chars: usize) -> String {
+    match s.char_indices().nth(max_chars) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
 /// Whether an upstream record carries the secret anywhere: path, headers or body (also base64).
 fn mentions(record: &Value, secret: &str) -> bool {
     use base64::Engine;
@@ -859,6 +912,27 @@ pub fn secret_in_chain_logs(s: &Scenario, lines: &[String]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_of_the_sink_shows_where_its_bytes_went_and_what_they_were() {
+        let text = describe_record(&json!({"kind": "raw", "port": 22, "transport": "tcp",
+            "dst": "10.0.0.2:22", "body_len": 6, "body": "leak\r\n", "body_base64": null}));
+        assert_eq!(
+            text,
+            r#"6 bytes by tcp to 10.0.0.2:22 (port 22): "leak\r\n""#
+        );
+        let hello = describe_record(&json!({"kind": "raw", "port": 8443, "transport": "tcp",
+            "dst": "10.0.0.2:8443", "sni": "x.example", "body_len": 2, "body": null,
+            "body_base64": "FgM="}));
+        assert!(
+            hello.contains(r#"TLS server name "x.example": base64 FgM="#),
+            "{hello}"
+        );
+        let long = describe_record(&json!({"kind": "raw", "port": 1, "transport": "udp",
+            "body_len": 1000, "body": "a".repeat(1000)}));
+        assert!(long.ends_with("…\""), "{long}");
+        assert!(long.contains("to a raw port"), "{long}");
+    }
 
     fn allowed(headers: Value) -> Value {
         json!({"verdict": "allow", "judged": {

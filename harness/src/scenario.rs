@@ -952,6 +952,21 @@ fn validate(s: &Scenario) -> Vec<String> {
                 .into(),
         );
     }
+    // The report groups the lane by class and names each technique.
+    let blank = |field: &Option<String>| field.as_deref().is_none_or(|v| v.trim().is_empty());
+    if parse_id(&s.id) == Ok(Family::Bypass) && (blank(&s.class) || blank(&s.technique)) {
+        problems.push(
+            "a BYPASS case names its class (e.g. \"h1 framing\") and its technique, one line \
+             each: the report groups the lane by class"
+                .into(),
+        );
+    }
+    if [&s.class, &s.technique]
+        .iter()
+        .any(|f| f.as_deref().is_some_and(|v| v.contains('\n')))
+    {
+        problems.push("class and technique are one line each".into());
+    }
     if e.secret.as_deref().is_some_and(|s| s.is_empty()) {
         problems.push("expect.secret is empty: every upstream would \"contain\" it".into());
     }
@@ -1304,8 +1319,13 @@ unimplemented = "needs an exec probe"
 
     #[test]
     fn a_bypass_case_names_its_secret_unless_it_must_pass() {
-        let bypass = |expect: &str| minimal("", "", expect).replace("PASS-001", "BYPASS-001");
+        let bypass = |expect: &str| {
+            minimal("class = \"c\"\ntechnique = \"t\"", "", expect)
+                .replace("PASS-001", "BYPASS-001")
+        };
         assert!(problem(&bypass("status = 403")).contains("names the secret"));
+        let unnamed = bypass("status = 403\nsecret = \"AKIA\"").replace("technique = \"t\"", "");
+        assert!(problem(&unnamed).contains("names its class"));
         parse(&bypass("status = 403\nsecret = \"AKIA\"")).unwrap();
         parse(&bypass("status = 200\nupstream_requests = 1")).unwrap();
         // Other families need not.

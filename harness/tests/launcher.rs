@@ -47,6 +47,7 @@ fn test_plan(images: &TestImages, name: &str, egress: &str) -> BottlePlan {
             ssrf_allow: vec![],
         },
         credentials: vec![],
+        test_verdict_allow: false,
     })
     .expect("a valid plan")
 }
@@ -168,6 +169,23 @@ async fn a_missing_image_or_a_name_in_use_fails_before_anything_is_made() -> Res
         "{err}"
     );
     ensure!(LaunchError::from(err).exit_code() == exit::IMAGE_UNAVAILABLE);
+    assert_nothing_left(&docker, &name, std::process::id()).await?;
+
+    // The addon's test-only switch (the verdict stubbed to allow) starts only for the suite.
+    let name = run::unique("switched");
+    let mut plan = test_plan(&images, &name, &egress.name);
+    let mitm = plan.containers.iter_mut().find(|c| c.role == Role::Mitm);
+    mitm.context("no mitm")?
+        .env
+        .insert(bottle::plan::TEST_SWITCHES_ENV.into(), "1".into());
+    let err = executor::start(&docker, &plan, &options())
+        .await
+        .expect_err("a test switch outside the suite");
+    ensure!(matches!(err, StartError::TestSwitches), "{err}");
+    ensure!(
+        err.to_string().contains("only the conformance suite"),
+        "{err}"
+    );
     assert_nothing_left(&docker, &name, std::process::id()).await?;
 
     let name = run::unique("twice");

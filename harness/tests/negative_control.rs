@@ -4,10 +4,14 @@
 //! without an allowed request: addon/README.md), the BYPASS scenarios must FAIL. A suite that
 //! passed here could not tell a working chain from a broken one.
 
+use std::collections::BTreeMap;
+
 use anyhow::{Context, Result, ensure};
-use bottle_harness::chain::ChainOptions;
-use bottle_harness::scenario::{self, Client, Protocol};
-use bottle_harness::{copy, fixture_bins, runner};
+use bottle_harness::chain::{Chain, ChainOptions};
+use bottle_harness::scenario::{
+    self, Case, Client, DecidedBy, Family, Protocol, Scenario, Verdict,
+};
+use bottle_harness::{copy, fixture_bins, images, runner};
 
 /// Lifts the addon's rule that a server connection opens only for a host and port a verdict
 /// allowed on the same client connection: every target counts as allowed.
@@ -152,4 +156,95 @@ async fn once_fails_when_the_chain_sends_twice() -> Result<()> {
         "expected 1 upstream records of any kind, got 2",
     )
     .await
+}
+
+/// Whether a BYPASS scenario's expectation is pipelock's block: with the verdict stubbed to
+/// allow, such a case must fail (its secret leaves, or the answer is not the 403).
+fn relies_on_the_verdict(s: &Scenario) -> bool {
+    let by_pipelock = s.expect.decision.as_ref().is_some_and(|d| {
+        d.decided_by == Some(DecidedBy::Pipelock) && d.verdict != Some(Verdict::Allow)
+    });
+    by_pipelock
+        || s.expect
+            .body_contains
+            .iter()
+            .any(|b| b.starts_with("blocked: "))
+}
+
+/// The lane's negative control: one bottle whose addon allows every request without asking
+/// the scanner (its test-only switch, `bottle_test_verdict=allow`), and every BYPASS scenario
+/// whose expectation is pipelock's block run on it once (its first client, h1). Each must FAIL.
+#[tokio::test]
+async fn the_bypass_lane_fails_when_the_verdict_is_stubbed_to_allow() -> Result<()> {
+    let scenarios = scenario::load_dir(scenario::default_dir())?;
+    let mut cases: Vec<Case> = Vec::new();
+    for case in scenario::expand(&scenarios) {
+        let s = &case.scenario;
+        let wanted = s.family() == Some(Family::Bypass)
+            && s.bottle.is_none()
+            && relies_on_the_verdict(s)
+            && case.protocol == Protocol::H1
+            && case.settled(true).is_none();
+        if wanted && !cases.iter().any(|c| c.scenario.id == s.id) {
+            cases.push(case);
+        }
+    }
+    ensure!(
+        cases.len() >= 10,
+        "only {} BYPASS cases rely on the verdict",
+        cases.len()
+    );
+    let docker = bottle::docker::connect().await?;
+    let images = images::ensure(&docker).await?;
+    let options = ChainOptions {
+        verdict_stub_allow: true,
+        ..ChainOptions::default()
+    };
+    let mut chain = Chain::up(&docker, &images, options).await?;
+    let mut outcomes: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut broken = None;
+    for case in &cases {
+        match runner::execute_on(case, &mut chain).await {
+            Ok(failures) => {
+                outcomes.insert(case.name(), failures);
+            }
+            Err(e) => {
+                broken = Some(e.context(format!("running {}", case.name())));
+                break;
+            }
+        }
+    }
+    chain.down().await?;
+    if let Some(e) = broken {
+        return Err(e);
+    }
+    let passed: Vec<&String> = outcomes
+        .iter()
+        .filter(|(_, failures)| failures.is_empty())
+        .map(|(name, _)| name)
+        .collect();
+    eprintln!(
+        "with the verdict stubbed to allow, {} of {} BYPASS cases that rely on it failed",
+        outcomes.len() - passed.len(),
+        outcomes.len()
+    );
+    ensure!(
+        passed.is_empty(),
+        "these BYPASS cases passed with every request allowed, so they do not test the verdict: \
+         {passed:?}"
+    );
+    let leaked = outcomes
+        .values()
+        .filter(|failures| {
+            failures
+                .iter()
+                .any(|f| f.contains("the secret reached an upstream"))
+        })
+        .count();
+    ensure!(
+        leaked * 2 >= outcomes.len(),
+        "fewer than half of the failures saw the secret leave ({leaked} of {}): {outcomes:#?}",
+        outcomes.len()
+    );
+    Ok(())
 }

@@ -55,6 +55,12 @@ impl Step {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(
+        "this plan turns on a test-only switch ({}: the scanner's verdict stubbed to allow); \
+         only the conformance suite may start such a bottle",
+        plan::TEST_SWITCHES_ENV
+    )]
+    TestSwitches,
+    #[error(
         "a bottle named {0:?} exists already (containers, networks or volumes labelled with it): stop it \
          with `bottle stop {0}`, or choose another name with --name"
     )]
@@ -150,6 +156,9 @@ pub struct StartOptions {
     pub fail_at: Option<Step>,
     /// Print each step on stderr (the command line does; the test harness does not).
     pub progress: bool,
+    /// Start a plan with test-only switches (the harness's negative control); false everywhere
+    /// else, so `bottle start` refuses one.
+    pub allow_test_switches: bool,
 }
 
 impl Default for StartOptions {
@@ -161,6 +170,7 @@ impl Default for StartOptions {
             agent_tty: false,
             fail_at: None,
             progress: false,
+            allow_test_switches: false,
         }
     }
 }
@@ -181,6 +191,10 @@ pub async fn start(
     plan: &BottlePlan,
     options: &StartOptions,
 ) -> Result<Running, StartError> {
+    let switched = |c: &ContainerPlan| c.env.contains_key(plan::TEST_SWITCHES_ENV);
+    if !options.allow_test_switches && plan.containers.iter().any(switched) {
+        return Err(StartError::TestSwitches);
+    }
     if exists(docker, &plan.name).await? {
         return Err(StartError::NameInUse(plan.name.clone()));
     }

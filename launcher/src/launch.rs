@@ -251,5 +251,6 @@ pub fn spec(
             ssrf_allow: vec![],
         },
         credentials: manifest.credentials.clone(),
+        test_verdict_allow: false,
     })
 }

@@ -112,6 +112,10 @@ pub struct BottleSpec {
     pub addon_dir: Option<PathBuf>,
     pub egress: EgressSpec,
     pub credentials: Vec<CredentialBinding>,
+    /// TESTS ONLY: the addon allows every request without asking the scanner (the suite's
+    /// negative control). The executor refuses such a plan unless its caller is a test
+    /// harness (`StartOptions::allow_test_switches`); `bottle start` never is.
+    pub test_verdict_allow: bool,
 }
 
 /// The agent's limits a `bottle.toml` may set by name (`[agent]`); None: the default.
@@ -447,6 +451,10 @@ pub struct BottlePlan {
 /// What a redacted secret reads as.
 pub const REDACTED: &str = "<redacted>";
 
+/// In mitmproxy's environment, lets the addon accept its test-only switches
+/// (`bottle_test_verdict`); only the executor's test callers may start such a plan.
+pub const TEST_SWITCHES_ENV: &str = "BOTTLE_TEST_SWITCHES";
+
 impl BottlePlan {
     pub fn container(&self, role: Role) -> &ContainerPlan {
         self.containers
@@ -656,6 +664,10 @@ pub fn plan(spec: &BottleSpec) -> Result<BottlePlan, PlanError> {
             "bottle_ssrf_allow={}",
             spec.egress.ssrf_allow.join(",")
         ));
+    }
+    if spec.test_verdict_allow {
+        mitm_env.insert(TEST_SWITCHES_ENV.into(), "1".into());
+        set("bottle_test_verdict=allow".into());
     }
     if !spec.credentials.is_empty() {
         let mut bindings = Vec::new();
@@ -872,7 +884,32 @@ mod tests {
                 ssrf_allow: vec![],
             },
             credentials: vec![],
+            test_verdict_allow: false,
         }
+    }
+
+    #[test]
+    fn the_test_verdict_switch_reaches_mitmproxy_only_when_asked_for() {
+        let plain = plan(&spec()).unwrap();
+        let mitm = plain.container(Role::Mitm);
+        assert!(!mitm.env.contains_key(TEST_SWITCHES_ENV));
+        assert!(
+            !mitm
+                .command
+                .iter()
+                .any(|a| a.contains("bottle_test_verdict"))
+        );
+        let switched = plan(&BottleSpec {
+            test_verdict_allow: true,
+            ..spec()
+        })
+        .unwrap();
+        let mitm = switched.container(Role::Mitm);
+        assert_eq!(mitm.env[TEST_SWITCHES_ENV], "1");
+        assert!(
+            mitm.command
+                .contains(&"bottle_test_verdict=allow".to_string())
+        );
     }
 
     #[test]

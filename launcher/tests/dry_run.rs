@@ -55,6 +55,7 @@ fn golden_plan(scanner: ScannerKind) -> BottlePlan {
             env: "ANTHROPIC_API_KEY".into(),
             scheme: None,
         }],
+        test_verdict_allow: false,
     };
     plan::plan(&spec).unwrap()
 }
