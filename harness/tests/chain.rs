@@ -155,13 +155,17 @@ async fn a_panicking_test_leaves_nothing() -> Result<()> {
 /// Sent from mitmproxy's container (the one the agent's bytes leave by): a TCP stream to a port
 /// nothing serves, one inside TLS on another, a UDP datagram, and bytes for the control port.
 const SINK_PROBE: &str = r#"
-import socket, ssl, sys
+import socket, ssl, sys, time
 ip = sys.argv[1]
-def tcp(port, data):
+def tcp(port, *parts):
     s = socket.create_connection((ip, port), 3)
-    s.sendall(data)
+    for part in parts:
+        s.sendall(part)
+        time.sleep(0.2)
     s.close()
 tcp(22, b"sink-probe-tcp-22")
+# Starts like a TLS record, then (in a later segment) is no hello: every byte is heard.
+tcp(2222, b"\x16\x03\x01 not", b" a hello: sink-probe-not-hello")
 tcp(9999, b"GET /records HTTP/1.1\r\nHost: sink-probe-control\r\n\r\n")
 socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"sink-probe-udp-443", (ip, 443))
 ctx = ssl.create_default_context()
@@ -204,6 +208,12 @@ async fn the_test_internet_hears_every_port_the_upstream_does_not_serve() -> Res
         };
         let sent = [
             ("TCP to 22", 22, "tcp", "sink-probe-tcp-22"),
+            (
+                "a TLS record header that is no hello",
+                2222,
+                "tcp",
+                "sink-probe-not-hello",
+            ),
             (
                 "TCP to the control port from outside",
                 9999,
