@@ -495,12 +495,14 @@ fn cell(s: &str) -> String {
 }
 
 fn one_line(s: &str, max_chars: usize) -> String {
-    let line = s.replace(['\r', '\n'], " ");
-    if line.chars().count() <= max_chars {
-        line
-    } else {
-        let cut: String = line.chars().take(max_chars).collect();
-        format!("{cut}…")
+    cut_chars(&s.replace(['\r', '\n'], " "), max_chars)
+}
+
+/// `s` cut to `max_chars` characters, with `…` when something was cut.
+pub(crate) fn cut_chars(s: &str, max_chars: usize) -> String {
+    match s.char_indices().nth(max_chars) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
     }
 }
 

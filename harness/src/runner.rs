@@ -835,7 +835,7 @@ fn record_body(record: &Value) -> Vec<u8> {
 /// bytes as text when they are, else base64), cut at 400 characters.
 fn describe_record(r: &Value) -> String {
     let text = |v: &Value| v.as_str().map(str::to_owned);
-    let cut = |s: String| one_line_cut(&s, 400);
+    let cut = |s: String| crate::report::cut_chars(&s, 400);
     match r["kind"].as_str() {
         Some("request") => format!(
             "request {} {} {} on port {} ({} body bytes{})",
@@ -867,13 +867,6 @@ fn describe_record(r: &Value) -> String {
             r["port"],
             cut(r.to_string())
         ),
-    }
-}
-
-fn one_line_cut(s: &str, max_chars: usize) -> String {
-    match s.char_indices().nth(max_chars) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_string(),
     }
 }
 
