@@ -12,7 +12,7 @@ use bottle_harness::chain::{Chain, ChainOptions};
 use bottle_harness::exec::{exec, exec_ok};
 use bottle_harness::{images, run};
 
-/// Containers and networks labelled with this owner pid.
+/// Containers, networks and volumes labelled with this owner pid.
 async fn left_by(docker: &Docker, pid: u32) -> Result<usize> {
     let filter = std::collections::HashMap::from([(
         "label".to_string(),
@@ -31,7 +31,12 @@ async fn left_by(docker: &Docker, pid: u32) -> Result<usize> {
             ListNetworksOptionsBuilder::new().filters(&filter).build(),
         ))
         .await?;
-    Ok(containers.len() + networks.len())
+    let volumes = docker
+        .list_volumes(Some(bollard::query_parameters::ListVolumesOptions {
+            filters: Some(filter.clone()),
+        }))
+        .await?;
+    Ok(containers.len() + networks.len() + volumes.volumes.unwrap_or_default().len())
 }
 
 async fn curl(chain: &Chain, args: &[&str]) -> Result<String> {
@@ -67,6 +72,61 @@ async fn a_bottle_from_the_plan_passes_clean_requests_and_blocks_secrets() -> Re
         let records = chain.upstream_records().await?;
         ensure!(records.len() == 1, "{records:?}");
         ensure!(chain.plan.egress.mitm.ca_fingerprint.is_some());
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        eprintln!("{}", chain.logs().await);
+    }
+    chain.down().await?;
+    ensure!(
+        left_by(&docker, std::process::id()).await? == 0,
+        "left behind after down"
+    );
+    result
+}
+
+/// A scanner that crashes or is restarted starts again (its resolver file is the bottle's, not
+/// a host file gone after the first start), the addon finds it again, and while it is away
+/// every request is refused.
+#[tokio::test]
+async fn a_restarted_scanner_starts_again_and_the_bottle_recovers() -> Result<()> {
+    let docker = bottle::docker::connect().await?;
+    let images = images::ensure(&docker).await?;
+    let chain = Chain::up(&docker, &images, ChainOptions::default()).await?;
+    let result = async {
+        let url = "https://api.anthropic.com/v1/hello";
+        ensure!(curl(&chain, &[url]).await?.ends_with("\n200"));
+        let scanner = chain.id(Role::Scanner).to_string();
+        docker
+            .stop_container(
+                &scanner,
+                None::<bollard::query_parameters::StopContainerOptions>,
+            )
+            .await?;
+        let away = curl(&chain, &[url]).await?;
+        ensure!(away.ends_with("\n502"), "scanner stopped: {away}");
+        docker
+            .start_container(
+                &scanner,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+            .context("starting the stopped scanner again")?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut last = String::new();
+        while std::time::Instant::now() < deadline {
+            last = curl(&chain, &[url]).await?;
+            if last.ends_with("\n200") {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        ensure!(last.ends_with("\n200"), "after the restart: {last}");
+        let secret = curl(&chain, &["-d", "key=AKIAIOSFODNN7EXAMPLE", url]).await?;
+        ensure!(secret.ends_with("\n403"), "after the restart: {secret}");
+        let records = chain.upstream_records().await?;
+        ensure!(records.len() == 2, "{records:?}");
         Ok(())
     }
     .await;

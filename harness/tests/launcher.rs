@@ -206,8 +206,9 @@ async fn a_missing_image_or_a_name_in_use_fails_before_anything_is_made() -> Res
     .await;
     let removed = executor::remove(&docker, &name).await;
     result?;
+    // The volumes: the agent's socket and the scanner's resolver file.
     ensure!(
-        removed.containers == 4 && removed.networks == 1 && removed.volumes == 1,
+        removed.containers == 4 && removed.networks == 1 && removed.volumes == 2,
         "{removed:?}"
     );
     assert_nothing_left(&docker, &name, std::process::id()).await

@@ -391,15 +391,16 @@ async fn start_container(
         NetworkMode::Isolated => ("none".to_string(), &[][..]),
         NetworkMode::JoinsNamespaceOf(role) => (format!("container:{}", started[&role]), &[][..]),
     };
-    // The resolver file is bind-mounted (Docker replaces /etc/resolv.conf at start); the mount
-    // keeps the file alive after its host copy is removed, so nothing stays on the host.
+    // The resolver file is bind-mounted (Docker replaces /etc/resolv.conf at every start) from
+    // a volume of the bottle's own, so the container can start again after a crash or a restart
+    // and nothing of it stays on the host after the bottle.
     let staged = match &plan.resolv_conf {
-        Some(text) => Some(stage_resolv_conf(text)?),
+        Some(text) => Some(stage_resolv_conf(docker, plan, &labels, text).await?),
         None => None,
     };
     let binds: Vec<String> = staged
         .as_ref()
-        .map(|(_, path)| format!("{}:/etc/resolv.conf:ro", path.to_string_lossy()))
+        .map(|path| format!("{path}:/etc/resolv.conf:ro"))
         .into_iter()
         .chain(
             plan.mounts
@@ -488,25 +489,71 @@ async fn start_container(
         .start_container(&created.id, None)
         .await
         .map_err(engine(format!("starting {}", plan.name)))?;
-    drop(staged);
     if let Some(line) = &plan.ready_line {
         wait_for_line(docker, &plan.name, line, options.ready_timeout).await?;
     }
     Ok(created.id)
 }
 
-fn stage_resolv_conf(text: &str) -> Result<(tempfile::TempDir, std::path::PathBuf), StartError> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::Builder::new()
-        .prefix(&temp_prefix("resolv"))
-        .tempdir()
-        .map_err(io("staging the scanner's resolv.conf"))?;
-    let path = dir.path().join("resolv.conf");
-    std::fs::write(&path, text).map_err(io("writing the scanner's resolv.conf"))?;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-        .and_then(|_| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)))
-        .map_err(io("making the scanner's resolv.conf readable"))?;
-    Ok((dir, path))
+/// Puts `text` in a volume of its own (on Docker's disk, labelled with the bottle, removed with
+/// it) through a container that is created for that and never started, and returns the file's
+/// path on the engine: a bind source that lives as long as the bottle.
+async fn stage_resolv_conf(
+    docker: &Docker,
+    plan: &ContainerPlan,
+    labels: &BTreeMap<String, String>,
+    text: &str,
+) -> Result<String, StartError> {
+    let volume = format!("{}-resolver", plan.name);
+    let created = docker
+        .create_volume(VolumeCreateRequest {
+            name: Some(volume.clone()),
+            driver: Some("local".into()),
+            labels: Some(labels.clone().into_iter().collect()),
+            ..Default::default()
+        })
+        .await
+        .map_err(engine(format!("creating volume {volume}")))?;
+    let writer = format!("{}-resolver-writer", plan.name);
+    let body = ContainerCreateBody {
+        image: Some(plan.image.clone()),
+        // Never run: the container only carries the volume for the archive upload.
+        entrypoint: Some(vec!["/nonexistent".into()]),
+        labels: Some(labels.clone().into_iter().collect()),
+        network_disabled: Some(true),
+        host_config: Some(HostConfig {
+            binds: Some(vec![format!("{volume}:/resolver")]),
+            network_mode: Some("none".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let id = docker
+        .create_container(
+            Some(CreateContainerOptionsBuilder::new().name(&writer).build()),
+            body,
+        )
+        .await
+        .map_err(engine(format!("creating {writer}")))?
+        .id;
+    let file = plan::FilePlan {
+        path: "resolv.conf".into(),
+        contents: plan::FileContents::Text(text.into()),
+        mode: 0o644,
+    };
+    let uploaded = upload(docker, &id, &writer, "/resolver/", &[file]).await;
+    docker
+        .remove_container(
+            &id,
+            Some(RemoveContainerOptionsBuilder::new().force(true).build()),
+        )
+        .await
+        .map_err(engine(format!("removing {writer}")))?;
+    uploaded?;
+    Ok(format!(
+        "{}/resolv.conf",
+        created.mountpoint.trim_end_matches('/')
+    ))
 }
 
 /// The prefix of this process's temporary files: `bottle-<pid>-<what>`, so a sweep can tell
