@@ -129,7 +129,22 @@ class BottleAddon:
             "bottle_verdict_timeout_ms",
             int,
             5000,
-            "How long to wait for pipelock's verdict before blocking, in milliseconds.",
+            "How long to wait for pipelock's verdict on a request without a body, in "
+            "milliseconds; past it the request is blocked (502 verdict_unavailable).",
+        )
+        loader.add_option(
+            "bottle_verdict_ms_per_mib",
+            int,
+            5000,
+            "Added to the verdict timeout per MiB of request body: pipelock's scan time grows "
+            "with the body (about 2.4 s per MiB of text, measured).",
+        )
+        loader.add_option(
+            "bottle_verdict_timeout_cap_ms",
+            int,
+            30000,
+            "The longest verdict timeout; a body that would need longer is refused "
+            "(413 body_too_large) without asking the scanner.",
         )
         loader.add_option(
             "bottle_max_body_bytes",
@@ -205,6 +220,15 @@ class BottleAddon:
             raise exceptions.OptionsError(
                 "bottle: bottle_verdict_timeout_ms must be between 1 and 60000"
             )
+        if options.bottle_verdict_ms_per_mib < 0:
+            raise exceptions.OptionsError("bottle: bottle_verdict_ms_per_mib must not be negative")
+        if not (
+            options.bottle_verdict_timeout_ms <= options.bottle_verdict_timeout_cap_ms <= 600000
+        ):
+            raise exceptions.OptionsError(
+                "bottle: bottle_verdict_timeout_cap_ms must be between bottle_verdict_timeout_ms "
+                "and 600000"
+            )
         if options.bottle_max_body_bytes <= 0:
             raise exceptions.OptionsError("bottle: bottle_max_body_bytes must be positive")
         if options.bottle_agent_socket and options.listen_host not in LOOPBACK_HOSTS:
@@ -226,7 +250,14 @@ class BottleAddon:
             raise exceptions.OptionsError(f"bottle: bottle_pipelock_url: {e}") from None
         if self.scanner is not None:
             self.scanner.close()
-        self.scanner = scanner.Scanner(endpoint, options.bottle_verdict_timeout_ms / 1000)
+        self.scanner = scanner.Scanner(
+            endpoint,
+            scanner.TimeoutBudget(
+                base_ms=options.bottle_verdict_timeout_ms,
+                ms_per_mib=options.bottle_verdict_ms_per_mib,
+                cap_ms=options.bottle_verdict_timeout_cap_ms,
+            ),
+        )
         self.bindings = self._load_bindings(options.bottle_credentials)
         for name in ("bottle_connect_ports", "bottle_http_ports"):
             try:
@@ -378,10 +409,13 @@ class BottleAddon:
                 return
         endpoint = self.scanner.endpoint
         logger.info(
-            "bottle addon ready: scanner http://%s:%d, timeout %g s, %d credential binding(s)",
+            "bottle addon ready: scanner http://%s:%d, verdict timeout %g s + %g s per MiB "
+            "(at most %g s), %d credential binding(s)",
             endpoint.host,
             endpoint.port,
-            self.scanner.timeout_seconds,
+            self.scanner.timeouts.base_ms / 1000,
+            self.scanner.timeouts.ms_per_mib / 1000,
+            self.scanner.timeouts.cap_ms / 1000,
             len(self.bindings),
         )
 
@@ -420,7 +454,9 @@ class BottleAddon:
         view = request_view(flow)
         cleared = policy.check(
             view,
-            max_body_bytes=ctx.options.bottle_max_body_bytes,
+            max_body_bytes=min(
+                ctx.options.bottle_max_body_bytes, self.scanner.timeouts.max_body_bytes()
+            ),
             bindings=self.bindings,
             ports={"https": self.connect_ports, "http": self.http_ports},
             methods=self.methods,
@@ -757,9 +793,9 @@ def decision_record(flow: http.HTTPFlow, state: dict[str, Any]) -> dict[str, Any
 
 
 def _answer_block(flow: http.HTTPFlow, state: dict[str, Any], block: policy.Block) -> None:
-    """The addon's own 403 (the scanner is not asked)."""
+    """The addon's own 403, or 413 for a body too large (the scanner is not asked)."""
     state.update(decided_by="addon", reason=block.code, detail=block.message, answered=True)
-    flow.response = _bottle_response(403, block.code, block.message, flow.id)
+    flow.response = _bottle_response(block.status, block.code, block.message, flow.id)
 
 
 def _address(address: Any) -> str | None:

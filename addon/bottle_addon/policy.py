@@ -52,6 +52,8 @@ class RequestView:
 class Block:
     code: str
     message: str
+    # The status the agent gets: 403, or 413 for a body too large to be judged.
+    status: int = 403
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,10 @@ def check(
             )
         if len(view.body) > max_body_bytes:
             return Block(
-                "body_too_large", f"request body exceeds max_body_bytes ({max_body_bytes})"
+                "body_too_large",
+                f"the request body ({len(view.body)} bytes) is larger than the scanner may judge "
+                f"({max_body_bytes} bytes: bottle_max_body_bytes, and the verdict time cap)",
+                413,
             )
     use = credentials.inspect(
         bindings,

@@ -31,6 +31,29 @@ MAX_POOLED = 16
 HEADER_NAMES = b"X-Bottle-Header-Names"
 
 
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class TimeoutBudget:
+    """How long a verdict may take: `base_ms` for an empty body, `ms_per_mib` more per MiB of
+    body, never past `cap_ms`. pipelock's scan time grows with the body, so a fixed timeout
+    refused large clean bodies (502) that a working scanner would have passed."""
+
+    base_ms: int
+    ms_per_mib: int
+    cap_ms: int
+
+    def seconds_for(self, body_bytes: int) -> float:
+        return min(self.cap_ms, self.base_ms + self.ms_per_mib * body_bytes / MIB) / 1000
+
+    def max_body_bytes(self) -> int:
+        """The largest body whose verdict fits under the cap."""
+        if self.ms_per_mib == 0:
+            return 1 << 62
+        return (self.cap_ms - self.base_ms) * MIB // self.ms_per_mib
+
+
 class ScannerError(Exception):
     """No answer from the scanner; the message says what happened."""
 
@@ -102,17 +125,18 @@ class _Connection:
 
 
 class Scanner:
-    def __init__(self, endpoint: Endpoint, timeout_seconds: float) -> None:
+    def __init__(self, endpoint: Endpoint, timeouts: TimeoutBudget) -> None:
         self.endpoint = endpoint
-        self.timeout_seconds = timeout_seconds
+        self.timeouts = timeouts
         self._idle: list[_Connection] = []
 
     async def ask(self, request: ScanRequest) -> ScannerAnswer:
+        seconds = self.timeouts.seconds_for(len(request.body))
         try:
-            async with asyncio.timeout(self.timeout_seconds):
+            async with asyncio.timeout(seconds):
                 return await self._ask(request)
         except TimeoutError:
-            raise ScannerError(f"no answer within {self.timeout_seconds:g} s") from None
+            raise ScannerError(f"no answer within {seconds:.1f} s") from None
 
     async def _ask(self, request: ScanRequest) -> ScannerAnswer:
         pooled = self._take_idle()

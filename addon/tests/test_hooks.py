@@ -140,12 +140,24 @@ def test_the_prd_env_variable_is_the_fallback(monkeypatch: pytest.MonkeyPatch) -
         tctx.configure(bottle, **SAFE, bottle_verdict_timeout_ms=1500)
         assert bottle.scanner is not None
         assert bottle.scanner.endpoint == scanner.Endpoint("scanner.internal", 9999)
-        assert bottle.scanner.timeout_seconds == 1.5
+        assert bottle.scanner.timeouts.seconds_for(0) == 1.5
 
 
 @pytest.mark.parametrize("timeout", [0, -1, 60001])
 def test_a_bad_timeout_refuses_to_start(timeout: int) -> None:
     assert "bottle_verdict_timeout_ms" in refusal(bottle_verdict_timeout_ms=timeout)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"bottle_verdict_ms_per_mib": -1},
+        {"bottle_verdict_timeout_cap_ms": 4999},
+        {"bottle_verdict_timeout_cap_ms": 600001},
+    ],
+)
+def test_a_bad_timeout_budget_refuses_to_start(options: dict[str, int]) -> None:
+    assert next(iter(options)) in refusal(**options)
 
 
 def test_the_test_verdict_switch_is_refused_outside_tests(monkeypatch: pytest.MonkeyPatch) -> None:

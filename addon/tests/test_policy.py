@@ -158,6 +158,13 @@ def test_a_huge_body_is_blocked_without_being_read_twice() -> None:
     assert code(view) == "body_too_large"
 
 
+def test_a_body_too_large_gets_413_and_says_its_size_and_the_limit() -> None:
+    block = verdict(dataclasses.replace(BASE, body=b"x" * 1001), max_body_bytes=1000)
+    assert isinstance(block, Block)
+    assert block.status == 413
+    assert "1001 bytes" in block.message and "1000 bytes" in block.message
+
+
 @pytest.mark.parametrize(
     ("change", "expected"),
     [

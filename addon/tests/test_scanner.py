@@ -2,6 +2,7 @@
 scanner can fail to answer (each a ScannerError, which the hooks turn into a block)."""
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -76,8 +77,24 @@ def request(agent: str = "flow-1") -> scanner.ScanRequest:
     return scanner.build_request(judged, agent_id=agent)
 
 
+def budget(seconds: float) -> scanner.TimeoutBudget:
+    """A fixed timeout, whatever the body."""
+    ms = int(seconds * 1000)
+    return scanner.TimeoutBudget(base_ms=ms, ms_per_mib=0, cap_ms=ms)
+
+
 def client(stub: Stub, timeout: float = 2.0) -> scanner.Scanner:
-    return scanner.Scanner(scanner.Endpoint("127.0.0.1", stub.port), timeout)
+    return scanner.Scanner(scanner.Endpoint("127.0.0.1", stub.port), budget(timeout))
+
+
+def test_the_timeout_grows_with_the_body_up_to_the_cap() -> None:
+    timeouts = scanner.TimeoutBudget(base_ms=5000, ms_per_mib=5000, cap_ms=30000)
+    assert timeouts.seconds_for(0) == 5.0
+    assert timeouts.seconds_for(scanner.MIB) == 10.0
+    assert timeouts.seconds_for(5 * scanner.MIB) == 30.0
+    assert timeouts.seconds_for(50 * scanner.MIB) == 30.0
+    # The largest body that fits: pipelock's own max_body_bytes with the defaults.
+    assert timeouts.max_body_bytes() == 5 * scanner.MIB
 
 
 async def test_the_scanner_gets_the_request_in_absolute_form_with_the_flow_id(stub: Stub) -> None:
@@ -188,10 +205,30 @@ async def test_every_failure_to_answer_is_an_error(
     assert time.monotonic() - started < 1.0
 
 
+async def test_a_larger_body_gets_a_longer_timeout(stub: Stub) -> None:
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.5)
+        await stub.answer_with(ALLOW)(reader, writer)
+
+    stub.handler = slow
+    timeouts = scanner.TimeoutBudget(base_ms=200, ms_per_mib=1000, cap_ms=5000)
+    scan = scanner.Scanner(scanner.Endpoint("127.0.0.1", stub.port), timeouts)
+    with pytest.raises(scanner.ScannerError, match=r"no answer within 0\.2 s"):
+        await scan.ask(request())
+    big = b"x" * scanner.MIB
+    small = request()
+    headers = tuple(
+        (name, str(len(big)).encode() if name.lower() == b"content-length" else value)
+        for name, value in small.headers
+    )
+    answer = await scan.ask(dataclasses.replace(small, headers=headers, body=big))
+    assert answer.status == 502
+
+
 async def test_a_closed_port_is_an_error() -> None:
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     server.close()
     await server.wait_closed()
     with pytest.raises(scanner.ScannerError, match="cannot connect"):
-        await scanner.Scanner(scanner.Endpoint("127.0.0.1", port), 1.0).ask(request())
+        await scanner.Scanner(scanner.Endpoint("127.0.0.1", port), budget(1.0)).ask(request())

@@ -26,6 +26,7 @@ use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 use crate::exec::{exec, exec_ok};
 use crate::images::TestImages;
 use crate::network::{self, InternalNetwork};
+use crate::scenario::ScannerFake;
 use crate::{cleanup, run};
 
 /// The upstream fixture's sink: every TCP and UDP port its HTTP listeners (443, 80) do not
@@ -40,7 +41,23 @@ pub const UPSTREAM_HOSTS: [&str; 3] = [
     "raw.githubusercontent.com",
     "example.com",
 ];
+/// Names the upstream fixture answers for with a certificate no client may trust (TRUST): the
+/// host and the fixture's certificate mode.
+pub const UNTRUSTED_HOSTS: [(&str, &str); 4] = [
+    ("expired.example.com", "expired"),
+    ("self-signed.example.com", "self-signed"),
+    ("wrong-name.example.com", "wrong-name"),
+    ("unknown-root.example.com", "unknown-root"),
+];
 const UPSTREAM_CONTROL: &str = "http://127.0.0.1:9999";
+
+/// Every name on the test internet: the allowlist of a test bottle, the upstream's aliases.
+fn internet_hosts() -> Vec<&'static str> {
+    UPSTREAM_HOSTS
+        .into_iter()
+        .chain(UNTRUSTED_HOSTS.map(|(host, _)| host))
+        .collect()
+}
 
 /// What a test may vary about its bottle; the rest is the launcher's plan. Bottles with the
 /// same options are shared through the pool (`pool_key`); another addon never is.
@@ -55,6 +72,10 @@ pub struct ChainOptions {
     /// The addon's test-only switch: every request allowed without the scanner (the BYPASS
     /// lane's negative control). Never pooled.
     pub verdict_stub_allow: bool,
+    /// The fixtures' `scanner-fake` in the scanner's place (FAILCLOSED). Never pooled.
+    pub scanner_fake: Option<ScannerFake>,
+    /// The case does things to the bottle (faults, load) or measures it: its own, never pooled.
+    pub own_bottle: bool,
 }
 
 impl ChainOptions {
@@ -65,12 +86,18 @@ impl ChainOptions {
             && self.credentials.is_empty()
             && self.addon_dir.is_none()
             && !self.verdict_stub_allow
+            && self.scanner_fake.is_none()
+            && !self.own_bottle
     }
 
     /// The pool bottles with exactly these options share this key: `default`, or a hash of
     /// everything the options set. None: never pooled (another addon is a test's own).
     pub fn pool_key(&self) -> Option<String> {
-        if self.addon_dir.is_some() || self.verdict_stub_allow {
+        if self.addon_dir.is_some()
+            || self.verdict_stub_allow
+            || self.scanner_fake.is_some()
+            || self.own_bottle
+        {
             return None;
         }
         if self.is_default() {
@@ -98,6 +125,8 @@ pub struct Chain {
     mitm_output_before: (usize, usize),
     /// What this process made and removes; `None` for an attached chain.
     owned: Option<Owned>,
+    /// `scanner-fake` stands in the scanner's place.
+    pub scanner_fake: bool,
 }
 
 /// What a chain this process brought up is made of; dropping it removes everything.
@@ -180,7 +209,7 @@ fn spec(
         addon_dir: options.addon_dir.clone(),
         egress: EgressSpec {
             network: Some(internet.to_string()),
-            allowlist: UPSTREAM_HOSTS.map(String::from).to_vec(),
+            allowlist: internet_hosts().into_iter().map(String::from).collect(),
             // The stand-in root, trusted besides the system roots: the path a corporate
             // proxy's CA takes.
             upstream_ca: Some(UpstreamCa {
@@ -195,6 +224,29 @@ fn spec(
     }
 }
 
+/// The scanner's container runs `scanner-fake` (from the same fixtures image) instead.
+fn put_fake_scanner(plan: &mut BottlePlan, fake: &ScannerFake) -> Result<()> {
+    use base64::Engine;
+    let answer = fake.answer_bytes().context("scanner_fake's answer")?;
+    let scanner = plan
+        .containers
+        .iter_mut()
+        .find(|c| c.role == Role::Scanner)
+        .context("the plan has no scanner")?;
+    scanner.entrypoint = Some(vec!["scanner-fake".into()]);
+    scanner.command = vec![
+        "--listen".into(),
+        format!("0.0.0.0:{}", plan::SCANNER_PORT),
+        "--answer-base64".into(),
+        base64::engine::general_purpose::STANDARD.encode(answer),
+        "--delay-ms".into(),
+        fake.delay_ms.to_string(),
+        "--then".into(),
+        fake.then.as_str().into(),
+    ];
+    Ok(())
+}
+
 impl Chain {
     pub async fn up(docker: &Docker, images: &TestImages, options: ChainOptions) -> Result<Chain> {
         cleanup::on_signal(docker);
@@ -204,7 +256,7 @@ impl Chain {
         let internet =
             InternalNetwork::create_named(docker, &internet_name(&name), &BTreeMap::new()).await?;
         let internet_subnet = network::subnet(docker, &internet.name).await?;
-        let plan = plan::plan(&spec(
+        let mut plan = plan::plan(&spec(
             &name,
             images,
             &options,
@@ -212,6 +264,9 @@ impl Chain {
             &internet_subnet,
             &root.cert_pem,
         ))?;
+        if let Some(fake) = &options.scanner_fake {
+            put_fake_scanner(&mut plan, fake)?;
+        }
 
         // The upstream and the bottle start together: a chain per test is the unit of
         // isolation, so its bring-up time is the suite's time.
@@ -260,6 +315,7 @@ impl Chain {
                 _upstream: upstream,
                 _internet: internet,
             }),
+            scanner_fake: options.scanner_fake.is_some(),
         })
     }
 
@@ -325,6 +381,7 @@ impl Chain {
             decisions_before: 0,
             mitm_output_before: (0, 0),
             owned: None,
+            scanner_fake: false,
         })
     }
 
@@ -375,6 +432,36 @@ impl Chain {
     pub async fn upstream_records(&self) -> Result<Vec<Value>> {
         let out = self.upstream_control("GET", "/records", None).await?;
         serde_json::from_str(&out).with_context(|| format!("upstream records: {out}"))
+    }
+
+    /// How many records the upstream holds, how many are requests, and how many mention
+    /// `needle` (the upstream counts: a load test's records are too many to read back).
+    pub async fn upstream_summary(&self, needle: &str) -> Result<Value> {
+        let out = self
+            .upstream_control(
+                "GET",
+                &format!("/records/summary?mentioning={needle}"),
+                None,
+            )
+            .await?;
+        serde_json::from_str(&out).with_context(|| format!("upstream summary: {out}"))
+    }
+
+    /// The peak resident set of the container's main process (`VmHWM`), in KiB; None when the
+    /// container cannot show it (an image without `cat`).
+    pub async fn peak_rss_kib(&self, role: Role) -> Option<u64> {
+        let out = exec(
+            &self.docker,
+            self.id(role),
+            None,
+            &["cat", "/proc/1/status"],
+        )
+        .await
+        .ok()?;
+        out.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
     /// Serves these routes (the upstream's `PUT /routes` JSON) from now on.
@@ -497,6 +584,9 @@ async fn start_upstream(
     for host in UPSTREAM_HOSTS {
         args.extend(["--host".into(), host.into()]);
     }
+    for (host, mode) in UNTRUSTED_HOSTS {
+        args.extend(["--host".into(), format!("{host}={mode}")]);
+    }
     args.extend(["--sink-port".into(), SINK_PORT.to_string()]);
     let upstream = image(&images.fixtures)
         .with_entrypoint("bottle-upstream")
@@ -518,7 +608,7 @@ async fn start_upstream(
         .start()
         .await
         .context("starting the upstream fixture")?;
-    network::connect(docker, internet, name, &UPSTREAM_HOSTS).await?;
+    network::connect(docker, internet, name, &internet_hosts()).await?;
     Ok(upstream)
 }
 
@@ -546,7 +636,7 @@ impl TestRoot {
 }
 
 /// A container's stdout and stderr so far.
-async fn container_logs(docker: &Docker, id: &str) -> Result<(Vec<u8>, Vec<u8>)> {
+pub(crate) async fn container_logs(docker: &Docker, id: &str) -> Result<(Vec<u8>, Vec<u8>)> {
     use bollard::container::LogOutput;
     use futures_util::StreamExt;
     let options = bollard::query_parameters::LogsOptionsBuilder::new()

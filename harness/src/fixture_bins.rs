@@ -7,6 +7,8 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 pub const FIXTURE_PACKAGES: [&str; 2] = ["bottle-upstream", "pipelock-double"];
+/// The binaries of those packages that go into the fixtures image.
+pub const FIXTURE_BINARIES: [&str; 3] = ["bottle-upstream", "pipelock-double", "scanner-fake"];
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -62,7 +64,7 @@ pub fn build() -> Result<Vec<PathBuf>> {
         let is_fixture_bin = message["reason"] == "compiler-artifact"
             && message["target"]["kind"] == serde_json::json!(["bin"])
             && message["profile"]["test"] == false
-            && FIXTURE_PACKAGES
+            && FIXTURE_BINARIES
                 .iter()
                 .any(|p| message["target"]["name"] == *p);
         if let (true, Some(exe)) = (is_fixture_bin, message["executable"].as_str()) {
@@ -70,10 +72,10 @@ pub fn build() -> Result<Vec<PathBuf>> {
         }
     }
     binaries.sort();
-    if binaries.len() != FIXTURE_PACKAGES.len() {
+    if binaries.len() != FIXTURE_BINARIES.len() {
         bail!(
             "expected {} fixture binaries, cargo reported {binaries:?}",
-            FIXTURE_PACKAGES.len()
+            FIXTURE_BINARIES.len()
         );
     }
     Ok(binaries)

@@ -4,13 +4,16 @@
 //! (`probe`); scenarios are data (`scenario`), run one case at a time (`runner`) and reported
 //! (`report`). Everything made is labelled and removed (`cleanup`, `network`).
 
+pub mod ca_checks;
 pub mod chain;
 pub mod cleanup;
 pub mod copy;
 pub mod exec;
+pub mod fault;
 pub mod fixture_bins;
 pub mod host_listener;
 pub mod images;
+pub mod load;
 pub mod network;
 pub mod pool;
 pub mod probe;

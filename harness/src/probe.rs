@@ -50,19 +50,22 @@ pub enum Client {
     Raw,
     /// No request: facts about what the agent's container lets it do (probe-inspect.py).
     Inspect,
+    /// Many requests at once, h1 and h2 mixed, each checked as it ends (load.js, LOAD).
+    Load,
 }
 
 impl Client {
     /// The HTTP clients: what a scenario runs when it names none.
     pub const ALL: [Client; 3] = [Client::Curl, Client::Node, Client::Python];
     /// Every client, Claude Code included (scenarios name it explicitly).
-    pub const EVERY: [Client; 6] = [
+    pub const EVERY: [Client; 7] = [
         Client::Curl,
         Client::Node,
         Client::Python,
         Client::Claude,
         Client::Raw,
         Client::Inspect,
+        Client::Load,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -73,6 +76,7 @@ impl Client {
             Client::Claude => "claude",
             Client::Raw => "raw",
             Client::Inspect => "inspect",
+            Client::Load => "load",
         }
     }
 
@@ -90,6 +94,9 @@ impl Client {
             }
             (Client::Inspect, Protocol::H2) => {
                 Some("the inspect probe makes no request; its cases run once, listed as h1")
+            }
+            (Client::Load, Protocol::H2) => {
+                Some("the load probe mixes h1 and h2 itself; its cases run once, listed as h1")
             }
             _ => None,
         }
@@ -156,6 +163,11 @@ pub struct ProbeRequest {
     /// Sent in this order; names as given (h2 lowercases them).
     pub headers: Vec<(String, String)>,
     pub body: Option<Vec<u8>>,
+    /// The body is sent this many times over (curl, node, python): a spec on the command line
+    /// cannot carry a megabyte.
+    pub body_repeat: Option<u32>,
+    /// The load probe's options (count, concurrency, secret, body sizes).
+    pub load: Option<serde_json::Value>,
     /// The whole exchange, body included; past it the result carries a timeout error.
     pub timeout: Duration,
     /// Bypass the proxy: curl `--noproxy '*'`, node and python ignore `*_PROXY`.
@@ -174,6 +186,8 @@ impl ProbeRequest {
             url: url.to_string(),
             headers: Vec::new(),
             body: None,
+            body_repeat: None,
+            load: None,
             timeout: Duration::from_secs(20),
             no_proxy: false,
             env: Vec::new(),
@@ -221,6 +235,8 @@ impl ProbeRequest {
             "url": self.url,
             "headers": self.headers,
             "body_base64": self.body.as_ref().map(|b| BASE64.encode(b)),
+            "body_repeat": self.body_repeat,
+            "load": self.load,
             "timeout_ms": self.timeout.as_millis() as u64,
             "no_proxy": self.no_proxy,
             "protocol": protocol,
@@ -387,6 +403,7 @@ fn command(client: Client, spec: &str, env: &[(String, Option<String>)]) -> Vec<
         Client::Claude => cmd.extend(["python3".into(), format!("{PROBE_DIR}/probe-claude.py")]),
         Client::Raw => cmd.extend(["python3".into(), format!("{PROBE_DIR}/probe-raw.py")]),
         Client::Inspect => cmd.extend(["python3".into(), format!("{PROBE_DIR}/probe-inspect.py")]),
+        Client::Load => cmd.extend(["node".into(), format!("{PROBE_DIR}/load.js")]),
     }
     cmd.push(spec.to_string());
     cmd

@@ -384,6 +384,49 @@ impl Index {
         out
     }
 
+    /// The LOAD cases' figures from their evidence: requests, time, latency, peak memory.
+    pub fn load_figures(&self) -> String {
+        let loads: Vec<&CaseResult> = self
+            .results
+            .iter()
+            .filter(|r| !r.evidence["load"].is_null())
+            .collect();
+        if loads.is_empty() {
+            return String::new();
+        }
+        let mut out = String::from(
+            "## LOAD\n\n| case | outcome | requests | concurrency | clean passed | secrets \
+             blocked | failed | time | p50 / p99 | mitmproxy peak RSS | scanner peak RSS |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|\n",
+        );
+        let mib = |v: &serde_json::Value| match v.as_u64() {
+            Some(kib) => format!("{:.0} MiB", kib as f64 / 1024.0),
+            None => "not measured".into(),
+        };
+        for r in loads {
+            let load = &r.evidence["load"];
+            let figures = &load["figures"];
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {:.1} s | {} / {} ms | {} | {} |",
+                cell(&r.name),
+                r.outcome.short(),
+                load["requests"],
+                load["concurrency"],
+                figures["clean_passed"],
+                figures["secrets_blocked"],
+                figures["failed"],
+                figures["elapsed_ms"].as_f64().unwrap_or(0.0) / 1000.0,
+                figures["latency_ms"]["p50"],
+                figures["latency_ms"]["p99"],
+                mib(&load["peak_rss"]["mitm_kib"]),
+                mib(&load["peak_rss"]["scanner_kib"]),
+            );
+        }
+        out.push('\n');
+        out
+    }
+
     pub fn markdown(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "# bottle conformance report\n");
@@ -447,6 +490,7 @@ impl Index {
         let _ = writeln!(out, "\nAn empty cell: that case did not run in this run.\n");
 
         let _ = writeln!(out, "{}", self.bypass_by_class());
+        let _ = writeln!(out, "{}", self.load_figures());
         let _ = writeln!(out, "{}", self.time_by_family());
 
         let _ = writeln!(out, "## Not passing\n");

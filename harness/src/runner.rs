@@ -14,7 +14,7 @@ use crate::host_listener::{self, HostListener};
 use crate::pool::Pool;
 use crate::probe::{self, ProbeRequest, ProbeResult};
 use crate::scenario::{self, Case, Scenario};
-use crate::{images, network};
+use crate::{ca_checks, fault, images, network};
 
 /// The bottle a case needs: the defaults (a pooled bottle), or what its scenario asks for (the
 /// Claude Code image for the `claude` client, an agent environment, credential bindings).
@@ -35,6 +35,14 @@ pub fn options_for(case: &Case) -> ChainOptions {
             .collect(),
         addon_dir: None,
         verdict_stub_allow: false,
+        scanner_fake: bottle.scanner_fake,
+        // Faults break a bottle; a load's peak memory must be its own.
+        own_bottle: !case.scenario.faults.is_empty()
+            || case
+                .scenario
+                .request
+                .as_ref()
+                .is_some_and(|r| r.load.is_some()),
     }
 }
 
@@ -99,7 +107,9 @@ pub async fn execute(
             })
             .chain([("upstream".to_string(), images.fixtures.clone())])
             .collect(),
-        if chain.scanner_is_double() {
+        if chain.scanner_fake {
+            format!("{} (scanner-fake: misbehaves on purpose)", images.fixtures)
+        } else if chain.scanner_is_double() {
             format!("{} (pipelock-double)", images.fixtures)
         } else {
             chain.plan.container(Role::Scanner).image.clone()
@@ -121,6 +131,9 @@ pub async fn execute(
 async fn exercise(case: &Case, chain: &Chain) -> Result<(Vec<String>, Value)> {
     let s = &case.scenario;
     let request = s.request.as_ref().context("the scenario has no request")?;
+    if let Some(load) = &request.load {
+        return crate::load::exercise(case, chain, request, load).await;
+    }
     if let Some(upstream) = &s.upstream {
         chain.put_routes(&upstream.routes_json()).await?;
     }
@@ -147,6 +160,7 @@ async fn exercise(case: &Case, chain: &Chain) -> Result<(Vec<String>, Value)> {
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     probe_request.body = request.body_bytes()?;
+    probe_request.body_repeat = request.body_repeat;
     probe_request.no_proxy = request.no_proxy;
     let mut raw = request.raw.clone();
     // The TLS server name may name an address too (a name other than the CONNECT target).
@@ -160,14 +174,23 @@ async fn exercise(case: &Case, chain: &Chain) -> Result<(Vec<String>, Value)> {
         15_000
     };
     probe_request.timeout = Duration::from_millis(request.timeout_ms.unwrap_or(default_timeout));
-    let result = probe::run(
-        chain.docker(),
-        chain.id(Role::Agent),
-        case.client,
-        case.protocol,
-        &probe_request,
-    )
-    .await?;
+    for fault in s.faults.iter().filter(|f| f.after_ms.is_none()) {
+        fault::apply(chain, fault).await?;
+    }
+    let sent = Instant::now();
+    let (result, timed) = tokio::join!(
+        probe::run(
+            chain.docker(),
+            chain.id(Role::Agent),
+            case.client,
+            case.protocol,
+            &probe_request,
+        ),
+        fault::apply_timed(chain, &s.faults, sent),
+    );
+    timed?;
+    let result = result?;
+    fault::heal(chain, &s.faults).await?;
 
     // The decision record is written when the flow ends, just after the client has its answer;
     // a request that skipped the proxy (a UDP datagram never goes through it) has none.
@@ -211,6 +234,9 @@ async fn exercise(case: &Case, chain: &Chain) -> Result<(Vec<String>, Value)> {
     let mut failures = check(s, &result, decision.as_ref(), &joined, &records);
     failures.extend(secret_in_chain_logs(s, &log_lines));
     failures.extend(heard_on_host(s, &host_records));
+    if let Some(ca) = &s.expect.ca {
+        failures.extend(ca_checks::check(chain, ca).await?);
+    }
     if let Some(neighbour) = neighbour {
         neighbour.let_go().await?;
     }
@@ -257,13 +283,13 @@ async fn fill_url(url: &str, chain: &Chain, listener: Option<&HostListener>) -> 
 
 /// Another bottle up at the same time (ISOLATION): a pool bottle other than the case's, used
 /// as it is (only addresses are read from it), or else one brought up for the case.
-struct Neighbour {
-    chain: Chain,
+pub(crate) struct Neighbour {
+    pub(crate) chain: Chain,
     owned: bool,
 }
 
 impl Neighbour {
-    async fn find(mine: &Chain) -> Result<Neighbour> {
+    pub(crate) async fn find(mine: &Chain) -> Result<Neighbour> {
         let docker = mine.docker();
         let images = images::ensure(docker).await?;
         if let Some(pool) = Pool::from_env() {
@@ -280,7 +306,7 @@ impl Neighbour {
         Ok(Neighbour { chain, owned: true })
     }
 
-    async fn let_go(self) -> Result<()> {
+    pub(crate) async fn let_go(self) -> Result<()> {
         match self.owned {
             true => self.chain.down().await,
             false => Ok(()),

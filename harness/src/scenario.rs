@@ -42,10 +42,11 @@ pub enum Family {
     Reach,
     Harden,
     Isolation,
+    Load,
 }
 
 impl Family {
-    pub const ALL: [Family; 16] = [
+    pub const ALL: [Family; 17] = [
         Family::Block,
         Family::Pass,
         Family::H2,
@@ -62,6 +63,7 @@ impl Family {
         Family::Reach,
         Family::Harden,
         Family::Isolation,
+        Family::Load,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -82,6 +84,7 @@ impl Family {
             Family::Reach => "REACH",
             Family::Harden => "HARDEN",
             Family::Isolation => "ISOLATION",
+            Family::Load => "LOAD",
         }
     }
 
@@ -226,6 +229,10 @@ pub struct Scenario {
     /// What the scenario's bottle needs beyond the defaults (it then gets a bottle of its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bottle: Option<BottleOptions>,
+    /// What is done to the bottle's parts, in order: before the request, or while it runs. A
+    /// scenario with faults gets a bottle of its own, used once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<Fault>,
     #[serde(default)]
     pub expect: Expect,
     /// The file the scenario came from (set by [`load_dir`] / [`parse_file`]).
@@ -241,6 +248,87 @@ pub struct BottleOptions {
     pub agent_env: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub credentials: Vec<CredentialOption>,
+    /// A scanner that answers these bytes to every request stands in the scanner's place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scanner_fake: Option<ScannerFake>,
+}
+
+/// `[scenario.bottle.scanner_fake]`: the fixtures' `scanner-fake` in the scanner's place. It reads
+/// each request whole, waits `delay_ms`, writes `answer` (or `answer_base64`), then closes the
+/// connection or holds it (`then = "hang"`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScannerFake {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_base64: Option<String>,
+    #[serde(default)]
+    pub delay_ms: u64,
+    #[serde(default)]
+    pub then: FakeThen,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FakeThen {
+    #[default]
+    Close,
+    Hang,
+}
+
+impl FakeThen {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FakeThen::Close => "close",
+            FakeThen::Hang => "hang",
+        }
+    }
+}
+
+impl ScannerFake {
+    /// The answer's bytes (`answer` as UTF-8, or `answer_base64` decoded).
+    pub fn answer_bytes(&self) -> Result<Vec<u8>, base64::DecodeError> {
+        match (&self.answer, &self.answer_base64) {
+            (Some(text), _) => Ok(text.clone().into_bytes()),
+            (None, Some(b64)) => base64::engine::general_purpose::STANDARD.decode(b64),
+            (None, None) => Ok(Vec::new()),
+        }
+    }
+}
+
+/// `[[scenario.faults]]`: one thing done to one part of the bottle.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    pub target: FaultTarget,
+    pub action: FaultAction,
+    /// Absent: done before the request, in the order written (a `start` or `restart` waits
+    /// until the part is ready again). Set: done this long after the request was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_ms: Option<u64>,
+}
+
+/// The parts of a bottle a fault can hit (and the test internet's upstream).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultTarget {
+    Scanner,
+    Mitm,
+    Upstream,
+}
+
+/// What Docker does to the part: `disconnect` takes it off every network it is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultAction {
+    Stop,
+    Start,
+    Restart,
+    Pause,
+    Unpause,
+    Kill,
+    Disconnect,
 }
 
 /// One credential binding (addon/README.md): the secret in `env` may go in `header` to `host`.
@@ -274,6 +362,9 @@ pub struct Request {
     pub body: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_base64: Option<String>,
+    /// The body sent this many times over (curl, node, python): a megabyte from a short line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_repeat: Option<u32>,
     /// The client bypasses the proxy.
     #[serde(default)]
     pub no_proxy: bool,
@@ -283,7 +374,25 @@ pub struct Request {
     /// The raw client's options (`clients = ["raw"]`): what it sends through the tunnel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raw: Option<RawOptions>,
+    /// The load client's options (`clients = ["load"]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<LoadOptions>,
 }
+
+/// `request.load` (LOAD): `count` requests (`BOTTLE_LOAD_COUNT` overrides it), `concurrency` at
+/// a time, every second one h2, half of them carrying `secret`, with bodies cycling through
+/// `body_sizes` (the largest once in 20).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadOptions {
+    pub count: u32,
+    pub concurrency: u32,
+    pub secret: String,
+    pub body_sizes: Vec<u64>,
+}
+
+/// Overrides a LOAD scenario's `count` (the full run: 10000).
+pub const LOAD_COUNT_ENV: &str = "BOTTLE_LOAD_COUNT";
 
 /// `request.raw`: a CONNECT to the URL's host and port, then these, then the body's bytes.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -506,6 +615,9 @@ impl Upstream {
                         serde_json::json!({"events": sse.events, "interval_ms": sse.interval_ms}),
                     );
                 }
+                if let Some(cut) = r.cut_after_bytes {
+                    route.insert("cut_after_bytes".into(), cut.into());
+                }
                 if let Some(delay) = r.delay_ms {
                     route.insert("delay_ms".into(), delay.into());
                 }
@@ -538,6 +650,9 @@ pub struct UpstreamRoute {
     pub sse: Option<Sse>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay_ms: Option<u64>,
+    /// Announce the whole body, send this many bytes of it, then break off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut_after_bytes: Option<u64>,
 }
 
 fn default_route_status() -> u16 {
@@ -603,6 +718,28 @@ pub struct Expect {
     pub pipelock_event: Option<BTreeMap<String, serde_json::Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<StreamExpect>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<CaExpect>,
+}
+
+/// `[scenario.expect.ca]` (P8): what must hold of the bottle's mitmproxy CA key and certificate.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaExpect {
+    /// No file of the agent's container holds the key, searched as its user and as root.
+    #[serde(default)]
+    pub key_absent_from_agent: bool,
+    /// No part of the bottle logged it (every line of the scanner, mitmproxy, the relay and the
+    /// agent since the bottle started, and the decision log).
+    #[serde(default)]
+    pub key_in_no_log: bool,
+    /// No file the suite or the launcher staged on the host (`bottle-*` in the temp directory)
+    /// and no file of the report holds it.
+    #[serde(default)]
+    pub key_not_on_host: bool,
+    /// Another bottle's CA is another (fingerprint), and this agent trusts its own.
+    #[serde(default)]
+    pub differs_from_another_bottle: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -850,6 +987,16 @@ fn validate(s: &Scenario) -> Vec<String> {
         problems
             .push("the raw client runs alone (clients = [\"raw\"]) and needs request.raw".into());
     }
+    let load_options = s.request.as_ref().is_some_and(|r| r.load.is_some());
+    if s.clients.contains(&Client::Load) != load_options || (load_options && s.clients.len() != 1) {
+        problems.push("the load client runs alone (clients = [\"load\"]) with request.load".into());
+    }
+    if let Some(load) = s.request.as_ref().and_then(|r| r.load.as_ref())
+        && (load.count == 0 || load.concurrency == 0 || load.body_sizes.len() < 2)
+    {
+        problems
+            .push("request.load needs a count, a concurrency and two body sizes or more".into());
+    }
     if s.clients.contains(&Client::Inspect) && s.clients.len() != 1 {
         problems.push("the inspect probe runs alone (clients = [\"inspect\"])".into());
     }
@@ -860,6 +1007,20 @@ fn validate(s: &Scenario) -> Vec<String> {
         && let Some(raw) = &request.raw
     {
         check_raw(raw, request, &mut problems);
+    }
+    check_faults(s, &mut problems);
+    if let Some(request) = &s.request
+        && request.body_repeat.is_some()
+    {
+        if request.body.is_none() && request.body_base64.is_none() {
+            problems.push("request.body_repeat repeats a body: give one".into());
+        }
+        let repeating = [Client::Curl, Client::Node, Client::Python];
+        if let Some(client) = s.clients.iter().find(|c| !repeating.contains(c)) {
+            problems.push(format!(
+                "request.body_repeat: the {client} client cannot repeat a body"
+            ));
+        }
     }
     if let Some(up) = &s.upstream {
         if up.routes.is_empty() {
@@ -982,6 +1143,53 @@ fn validate(s: &Scenario) -> Vec<String> {
         problems.push("expect.stream is empty; remove it or set a field".into());
     }
     problems
+}
+
+/// Faults and fakes are for FAILCLOSED, where each case must show what reached the upstream;
+/// a fault while the request runs needs a request that runs.
+fn check_faults(s: &Scenario, problems: &mut Vec<String>) {
+    let fake = s.bottle.as_ref().and_then(|b| b.scanner_fake.as_ref());
+    let failclosed = s.family() == Some(Family::FailClosed);
+    if failclosed && s.unimplemented.is_none() && s.expect.upstream_requests.is_none() {
+        problems.push(
+            "a FAILCLOSED scenario must say what reaches the upstream (expect.upstream_requests)"
+                .into(),
+        );
+    }
+    if !failclosed && (!s.faults.is_empty() || fake.is_some()) {
+        problems.push("faults and scanner_fake belong to FAILCLOSED scenarios".into());
+    }
+    if let Some(fake) = fake {
+        if fake.answer.is_some() && fake.answer_base64.is_some() {
+            problems.push("scanner_fake: give answer or answer_base64, not both".into());
+        }
+        if let Err(e) = fake.answer_bytes() {
+            problems.push(format!("scanner_fake.answer_base64 is not base64: {e}"));
+        }
+    }
+    let mut last_timed = 0;
+    for (i, fault) in s.faults.iter().enumerate() {
+        if let Some(after) = fault.after_ms {
+            if after < last_timed {
+                problems.push(format!(
+                    "faults[{i}]: after_ms must not go back in time ({after} < {last_timed})"
+                ));
+            }
+            last_timed = after;
+        } else if last_timed > 0 {
+            problems.push(format!(
+                "faults[{i}]: a fault before the request comes before the timed ones"
+            ));
+        }
+        // The upstream's records are in its memory: a fault that ends it would lose them.
+        if fault.target == FaultTarget::Upstream
+            && !matches!(fault.action, FaultAction::Pause | FaultAction::Unpause)
+        {
+            problems.push(format!(
+                "faults[{i}]: the upstream can only be paused and unpaused (its records are the evidence)"
+            ));
+        }
+    }
 }
 
 fn check_list<T: PartialEq + fmt::Display>(what: &str, list: &[T], problems: &mut Vec<String>) {
@@ -1258,8 +1466,42 @@ unimplemented = "needs an exec probe"
             let message = problem(&text);
             assert!(message.contains(says), "{id}: {message}");
         }
-        let ok = minimal("", "", "status = 200").replace("PASS-001", "FAILCLOSED-010");
+        let ok = minimal("", "", "status = 200\nupstream_requests = 0")
+            .replace("PASS-001", "FAILCLOSED-010");
         assert_eq!(parse(&ok).unwrap()[0].family(), Some(Family::FailClosed));
+    }
+
+    #[test]
+    fn faults_are_failclosed_data_checked_at_load() {
+        let fault = "[[scenario.faults]]\ntarget = \"scanner\"\naction = \"stop\"\n";
+        let failclosed = |extra: &str, expect: &str| {
+            minimal("", "", expect)
+                .replace("PASS-001", "FAILCLOSED-001")
+                .replace("[scenario.request]", &format!("{extra}[scenario.request]"))
+        };
+        let ok = parse(&failclosed(fault, "status = 502\nupstream_requests = 0")).unwrap();
+        assert_eq!(ok[0].faults[0].action, FaultAction::Stop);
+        let message = problem(&failclosed(fault, "status = 502"));
+        assert!(message.contains("expect.upstream_requests"), "{message}");
+        let message = problem(&failclosed(
+            &fault.replace("stop", "explode"),
+            "upstream_requests = 0",
+        ));
+        assert!(message.contains("explode"), "{message}");
+        let message = problem(&failclosed(
+            &fault.replace("scanner", "upstream"),
+            "upstream_requests = 0",
+        ));
+        assert!(message.contains("paused and unpaused"), "{message}");
+        let back_in_time = format!("{fault}after_ms = 500\n{fault}");
+        let message = problem(&failclosed(&back_in_time, "upstream_requests = 0"));
+        assert!(message.contains("before the timed ones"), "{message}");
+        // Faults belong to FAILCLOSED.
+        let message = problem(
+            &minimal("", "", "status = 200")
+                .replace("[scenario.request]", &format!("{fault}[scenario.request]")),
+        );
+        assert!(message.contains("belong to FAILCLOSED"), "{message}");
     }
 
     #[test]

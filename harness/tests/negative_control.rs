@@ -1,13 +1,16 @@
 //! The harness's own negative controls. Against a deliberately broken addon that allows every
 //! request, the BLOCK and LOG scenarios must FAIL; against an addon without the rules that keep
 //! non-HTTP bytes and other ports out (the layer rule, the port rule, no server connection
-//! without an allowed request: addon/README.md), the BYPASS scenarios must FAIL. A suite that
-//! passed here could not tell a working chain from a broken one.
+//! without an allowed request: addon/README.md), the BYPASS scenarios must FAIL; against an
+//! addon that fails open, the FAILCLOSED scenarios must FAIL. A suite that passed here could not
+//! tell a working chain from a broken one.
 
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, ensure};
+use bottle::plan::Role;
 use bottle_harness::chain::{Chain, ChainOptions};
+use bottle_harness::exec::exec_ok;
 use bottle_harness::scenario::{
     self, Case, Client, DecidedBy, Family, Protocol, Scenario, Verdict,
 };
@@ -158,6 +161,22 @@ async fn once_fails_when_the_chain_sends_twice() -> Result<()> {
     .await
 }
 
+/// The first runnable h1 case (its first client) of every scenario `wanted` picks.
+fn first_cases(wanted: impl Fn(&Scenario) -> bool) -> Result<Vec<Case>> {
+    let scenarios = scenario::load_dir(scenario::default_dir())?;
+    let mut cases: Vec<Case> = Vec::new();
+    for case in scenario::expand(&scenarios) {
+        let runnable = case.protocol == Protocol::H1 && case.settled(true).is_none();
+        if runnable
+            && wanted(&case.scenario)
+            && !cases.iter().any(|c| c.scenario.id == case.scenario.id)
+        {
+            cases.push(case);
+        }
+    }
+    Ok(cases)
+}
+
 /// Whether a BYPASS scenario's expectation is pipelock's block: with the verdict stubbed to
 /// allow, such a case must fail (its secret leaves, or the answer is not the 403).
 fn relies_on_the_verdict(s: &Scenario) -> bool {
@@ -176,48 +195,19 @@ fn relies_on_the_verdict(s: &Scenario) -> bool {
 /// whose expectation is pipelock's block run on it once (its first client, h1). Each must FAIL.
 #[tokio::test]
 async fn the_bypass_lane_fails_when_the_verdict_is_stubbed_to_allow() -> Result<()> {
-    let scenarios = scenario::load_dir(scenario::default_dir())?;
-    let mut cases: Vec<Case> = Vec::new();
-    for case in scenario::expand(&scenarios) {
-        let s = &case.scenario;
-        let wanted = s.family() == Some(Family::Bypass)
-            && s.bottle.is_none()
-            && relies_on_the_verdict(s)
-            && case.protocol == Protocol::H1
-            && case.settled(true).is_none();
-        if wanted && !cases.iter().any(|c| c.scenario.id == s.id) {
-            cases.push(case);
-        }
-    }
+    let cases = first_cases(|s| {
+        s.family() == Some(Family::Bypass) && s.bottle.is_none() && relies_on_the_verdict(s)
+    })?;
     ensure!(
         cases.len() >= 10,
         "only {} BYPASS cases rely on the verdict",
         cases.len()
     );
-    let docker = bottle::docker::connect().await?;
-    let images = images::ensure(&docker).await?;
     let options = ChainOptions {
         verdict_stub_allow: true,
         ..ChainOptions::default()
     };
-    let mut chain = Chain::up(&docker, &images, options).await?;
-    let mut outcomes: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut broken = None;
-    for case in &cases {
-        match runner::execute_on(case, &mut chain).await {
-            Ok(failures) => {
-                outcomes.insert(case.name(), failures);
-            }
-            Err(e) => {
-                broken = Some(e.context(format!("running {}", case.name())));
-                break;
-            }
-        }
-    }
-    chain.down().await?;
-    if let Some(e) = broken {
-        return Err(e);
-    }
+    let outcomes = run_on_one_bottle(&cases, options, None).await?;
     let passed: Vec<&String> = outcomes
         .iter()
         .filter(|(_, failures)| failures.is_empty())
@@ -247,4 +237,208 @@ async fn the_bypass_lane_fails_when_the_verdict_is_stubbed_to_allow() -> Result<
         outcomes.len()
     );
     Ok(())
+}
+
+/// A fail-open addon: every fault on the verdict path (no answer, a late one, one it cannot
+/// read) lets the request go as the agent sent it.
+const FAILS_OPEN: &str = concat!(
+    lift_the_connect_rule!(),
+    "\
+from bottle_addon import hooks as _hooks
+def _fail_open(flow, state, why):
+    state.update(decided_by='addon', verdict='allow', reason=None)
+_hooks.BottleAddon._answer_unavailable = staticmethod(_fail_open)
+"
+);
+
+/// The FAILCLOSED lane's negative control: every scenario whose expectation is the addon's
+/// block for want of a verdict runs (its first client, h1) on a bottle whose addon fails open.
+/// Each must FAIL: a lane that passed here could not tell a bottle that fails closed from one
+/// that lets every request through when its scanner is gone.
+#[tokio::test]
+async fn the_failclosed_lane_fails_against_an_addon_that_fails_open() -> Result<()> {
+    let cases = first_cases(|s| {
+        let fails_closed = s
+            .expect
+            .decision
+            .as_ref()
+            .is_some_and(|d| d.reason_contains.as_deref() == Some("verdict_unavailable"));
+        s.family() == Some(Family::FailClosed) && fails_closed
+    })?;
+    ensure!(
+        cases.len() >= 10,
+        "only {} FAILCLOSED cases expect the addon to fail closed",
+        cases.len()
+    );
+    let broken = broken_addon(FAILS_OPEN)?;
+    let mut passed = Vec::new();
+    let mut leaked = 0;
+    for case in &cases {
+        let options = ChainOptions {
+            addon_dir: Some(broken.path().to_path_buf()),
+            ..runner::options_for(case)
+        };
+        let (failures, _, _) = runner::execute(case, options)
+            .await
+            .with_context(|| format!("running {}", case.name()))?;
+        if failures.is_empty() {
+            passed.push(case.name());
+        }
+        if failures
+            .iter()
+            .any(|f| f.contains("the secret reached an upstream"))
+        {
+            leaked += 1;
+        }
+    }
+    eprintln!(
+        "against an addon that fails open, {} of {} FAILCLOSED cases failed, {leaked} with their \
+         request upstream",
+        cases.len() - passed.len(),
+        cases.len()
+    );
+    ensure!(
+        passed.is_empty(),
+        "these FAILCLOSED cases passed against an addon that fails open: {passed:?}"
+    );
+    ensure!(
+        leaked == cases.len(),
+        "only {leaked} of {} cases saw their request leave",
+        cases.len()
+    );
+    Ok(())
+}
+
+/// mitmproxy trusts any upstream certificate (`ssl_insecure`, which the addon otherwise refuses).
+const TRUSTS_ANY_CERTIFICATE: &str = "\
+from mitmproxy import ctx as _ctx
+from bottle_addon import hooks as _hooks
+_hooks.REQUIRED_VALUES.pop('ssl_insecure', None)
+class _TrustAnything:
+    def running(self):
+        _ctx.options.update(ssl_insecure=True)
+addons.append(_TrustAnything())
+";
+
+/// Done to the bottle before each case.
+type BeforeEach = dyn Fn(&Chain) -> futures_util::future::BoxFuture<'_, Result<()>> + Sync;
+
+/// Runs `cases` one after another on one bottle with these options; their unmet expectations
+/// by case name.
+async fn run_on_one_bottle(
+    cases: &[Case],
+    options: ChainOptions,
+    before_each: Option<&BeforeEach>,
+) -> Result<BTreeMap<String, Vec<String>>> {
+    let docker = bottle::docker::connect().await?;
+    let images = images::ensure(&docker).await?;
+    let mut chain = Chain::up(&docker, &images, options).await?;
+    let mut outcomes = BTreeMap::new();
+    let mut broken = None;
+    for case in cases {
+        if let Some(before) = before_each
+            && let Err(e) = before(&chain).await
+        {
+            broken = Some(e);
+            break;
+        }
+        match runner::execute_on(case, &mut chain).await {
+            Ok(failures) => {
+                outcomes.insert(case.name(), failures);
+            }
+            Err(e) => {
+                broken = Some(e.context(format!("running {}", case.name())));
+                break;
+            }
+        }
+    }
+    chain.down().await?;
+    match broken {
+        Some(e) => Err(e),
+        None => Ok(outcomes),
+    }
+}
+
+/// The TRUST lane's negative control: with mitmproxy trusting any certificate, every case that
+/// expects a refused upstream certificate must FAIL.
+#[tokio::test]
+async fn the_trust_lane_fails_when_mitmproxy_trusts_any_certificate() -> Result<()> {
+    let cases = first_cases(|s| s.family() == Some(Family::Trust) && s.expect.status == Some(502))?;
+    ensure!(cases.len() >= 4, "only {} TRUST cases", cases.len());
+    let broken = broken_addon(TRUSTS_ANY_CERTIFICATE)?;
+    let options = ChainOptions {
+        addon_dir: Some(broken.path().to_path_buf()),
+        ..ChainOptions::default()
+    };
+    let outcomes = run_on_one_bottle(&cases, options, None).await?;
+    let passed: Vec<&String> = outcomes
+        .iter()
+        .filter(|(_, failures)| failures.is_empty())
+        .map(|(name, _)| name)
+        .collect();
+    eprintln!("TRUST against a mitmproxy that trusts any certificate: {outcomes:#?}");
+    ensure!(
+        passed.is_empty(),
+        "these TRUST cases passed with every certificate trusted: {passed:?}"
+    );
+    Ok(())
+}
+
+/// Copies the bottle's CA key into the agent's /tmp and prints it on mitmproxy's output.
+fn leak_the_key(chain: &Chain) -> futures_util::future::BoxFuture<'_, Result<()>> {
+    Box::pin(async move {
+        let key = "/home/mitmproxy/.mitmproxy/mitmproxy-ca.pem";
+        let pem = exec_ok(chain.docker(), chain.id(Role::Mitm), None, &["cat", key]).await?;
+        let copy = format!("printf '%s' '{pem}' > /tmp/leaked.pem");
+        exec_ok(
+            chain.docker(),
+            chain.id(Role::Agent),
+            None,
+            &["sh", "-c", &copy],
+        )
+        .await?;
+        // Into mitmproxy's decision log, as one JSON line: what a careless log line would carry.
+        let log = bottle::plan::MITM_DECISION_LOG;
+        let print = format!(
+            "printf '{{\"leak\": \"%s\"}}\\n' \"$(grep -v -- ----- {key} | tr -d '\\n')\" >> {log}"
+        );
+        exec_ok(
+            chain.docker(),
+            chain.id(Role::Mitm),
+            None,
+            &["sh", "-c", &print],
+        )
+        .await?;
+        Ok(())
+    })
+}
+
+/// The CA checks' negative control: on a bottle whose CA key was copied into the agent's /tmp
+/// and printed by mitmproxy, CA-001 and CA-002 must FAIL.
+#[tokio::test]
+async fn the_ca_checks_see_a_key_that_leaked() -> Result<()> {
+    let cases = first_cases(|s| ["CA-001", "CA-002"].contains(&s.id.as_str()))?;
+    ensure!(cases.len() == 2, "{} cases", cases.len());
+    let outcomes = run_on_one_bottle(&cases, ChainOptions::default(), Some(&leak_the_key)).await?;
+    eprintln!("CA with the key leaked: {outcomes:#?}");
+    for (name, failures) in &outcomes {
+        ensure!(
+            failures.iter().any(|f| f.contains("the CA key")),
+            "{name} did not see the leaked key: {failures:?}"
+        );
+    }
+    Ok(())
+}
+
+/// The LOAD lane's negative control: under load, an addon that allows everything lets the
+/// secrets through, and the case must say so.
+#[tokio::test]
+async fn the_load_lane_fails_when_the_addon_allows_everything() -> Result<()> {
+    fails_against(
+        "LOAD-001",
+        Client::Load,
+        ALLOWS_EVERYTHING,
+        "requests with the secret got pipelock's 403",
+    )
+    .await
 }

@@ -143,6 +143,7 @@ const AGENT_PROBES: &[(&str, &[u8])] = &[
         "probes/probe-inspect.py",
         recipe_bytes!("agent/probes/probe-inspect.py"),
     ),
+    ("probes/load.js", recipe_bytes!("agent/probes/load.js")),
 ];
 
 pub fn docker_recipe(recipe: Recipe, fixture_binaries: &[PathBuf]) -> Option<DockerRecipe> {
