@@ -11,6 +11,7 @@ pub mod copy;
 pub mod exec;
 pub mod fault;
 pub mod fixture_bins;
+pub mod gate;
 pub mod host_listener;
 pub mod images;
 pub mod load;

@@ -208,11 +208,7 @@ async fn the_bypass_lane_fails_when_the_verdict_is_stubbed_to_allow() -> Result<
         ..ChainOptions::default()
     };
     let outcomes = run_on_one_bottle(&cases, options, None).await?;
-    let passed: Vec<&String> = outcomes
-        .iter()
-        .filter(|(_, failures)| failures.is_empty())
-        .map(|(name, _)| name)
-        .collect();
+    let passed = passing(&outcomes);
     eprintln!(
         "with the verdict stubbed to allow, {} of {} BYPASS cases that rely on it failed",
         outcomes.len() - passed.len(),
@@ -320,6 +316,15 @@ class _TrustAnything:
 addons.append(_TrustAnything())
 ";
 
+/// The cases that met every expectation.
+fn passing(outcomes: &BTreeMap<String, Vec<String>>) -> Vec<&String> {
+    outcomes
+        .iter()
+        .filter(|(_, failures)| failures.is_empty())
+        .map(|(name, _)| name)
+        .collect()
+}
+
 /// Done to the bottle before each case.
 type BeforeEach = dyn Fn(&Chain) -> futures_util::future::BoxFuture<'_, Result<()>> + Sync;
 
@@ -371,11 +376,7 @@ async fn the_trust_lane_fails_when_mitmproxy_trusts_any_certificate() -> Result<
         ..ChainOptions::default()
     };
     let outcomes = run_on_one_bottle(&cases, options, None).await?;
-    let passed: Vec<&String> = outcomes
-        .iter()
-        .filter(|(_, failures)| failures.is_empty())
-        .map(|(name, _)| name)
-        .collect();
+    let passed = passing(&outcomes);
     eprintln!("TRUST against a mitmproxy that trusts any certificate: {outcomes:#?}");
     ensure!(
         passed.is_empty(),
