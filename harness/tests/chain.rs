@@ -46,35 +46,15 @@ async fn curl(chain: &Chain, args: &[&str]) -> Result<String> {
     Ok(format!("{}{}", out.stdout, out.stderr))
 }
 
-#[tokio::test]
-async fn a_bottle_from_the_plan_passes_clean_requests_and_blocks_secrets() -> Result<()> {
+/// Brings a default bottle up, runs `test` on it, prints the bottle's logs when it failed, and
+/// takes the bottle down, checking that nothing of it is left.
+async fn with_chain(
+    test: impl for<'a> FnOnce(&'a Chain) -> futures_util::future::BoxFuture<'a, Result<()>>,
+) -> Result<()> {
     let docker = bottle::docker::connect().await?;
     let images = images::ensure(&docker).await?;
     let chain = Chain::up(&docker, &images, ChainOptions::default()).await?;
-    let result = async {
-        // The agent trusts the bottle's CA through its system store (no --cacert).
-        let clean = curl(&chain, &["https://api.anthropic.com/v1/hello"]).await?;
-        ensure!(clean.ends_with("\n200"), "{clean}");
-        let secret = curl(
-            &chain,
-            &[
-                "-d",
-                "key=AKIAIOSFODNN7EXAMPLE",
-                "https://api.anthropic.com/v1/upload",
-            ],
-        )
-        .await?;
-        ensure!(secret.ends_with("\n403"), "{secret}");
-        ensure!(
-            secret.contains("blocked: request body contains secret"),
-            "{secret}"
-        );
-        let records = chain.upstream_records().await?;
-        ensure!(records.len() == 1, "{records:?}");
-        ensure!(chain.plan.egress.mitm.ca_fingerprint.is_some());
-        Ok(())
-    }
-    .await;
+    let result = test(&chain).await;
     if result.is_err() {
         eprintln!("{}", chain.logs().await);
     }
@@ -86,59 +66,80 @@ async fn a_bottle_from_the_plan_passes_clean_requests_and_blocks_secrets() -> Re
     result
 }
 
+#[tokio::test]
+async fn a_bottle_from_the_plan_passes_clean_requests_and_blocks_secrets() -> Result<()> {
+    with_chain(|chain| {
+        Box::pin(async move {
+            // The agent trusts the bottle's CA through its system store (no --cacert).
+            let clean = curl(chain, &["https://api.anthropic.com/v1/hello"]).await?;
+            ensure!(clean.ends_with("\n200"), "{clean}");
+            let secret = curl(
+                chain,
+                &[
+                    "-d",
+                    "key=AKIAIOSFODNN7EXAMPLE",
+                    "https://api.anthropic.com/v1/upload",
+                ],
+            )
+            .await?;
+            ensure!(secret.ends_with("\n403"), "{secret}");
+            ensure!(
+                secret.contains("blocked: request body contains secret"),
+                "{secret}"
+            );
+            let records = chain.upstream_records().await?;
+            ensure!(records.len() == 1, "{records:?}");
+            ensure!(chain.plan.egress.mitm.ca_fingerprint.is_some());
+            Ok(())
+        })
+    })
+    .await
+}
+
 /// A scanner that crashes or is restarted starts again (its resolver file is the bottle's, not
 /// a host file gone after the first start), the addon finds it again, and while it is away
 /// every request is refused.
 #[tokio::test]
 async fn a_restarted_scanner_starts_again_and_the_bottle_recovers() -> Result<()> {
-    let docker = bottle::docker::connect().await?;
-    let images = images::ensure(&docker).await?;
-    let chain = Chain::up(&docker, &images, ChainOptions::default()).await?;
-    let result = async {
-        let url = "https://api.anthropic.com/v1/hello";
-        ensure!(curl(&chain, &[url]).await?.ends_with("\n200"));
-        let scanner = chain.id(Role::Scanner).to_string();
-        docker
-            .stop_container(
-                &scanner,
-                None::<bollard::query_parameters::StopContainerOptions>,
-            )
-            .await?;
-        let away = curl(&chain, &[url]).await?;
-        ensure!(away.ends_with("\n502"), "scanner stopped: {away}");
-        docker
-            .start_container(
-                &scanner,
-                None::<bollard::query_parameters::StartContainerOptions>,
-            )
-            .await
-            .context("starting the stopped scanner again")?;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let mut last = String::new();
-        while std::time::Instant::now() < deadline {
-            last = curl(&chain, &[url]).await?;
-            if last.ends_with("\n200") {
-                break;
+    with_chain(|chain| {
+        Box::pin(async move {
+            let docker = chain.docker();
+            let url = "https://api.anthropic.com/v1/hello";
+            ensure!(curl(chain, &[url]).await?.ends_with("\n200"));
+            let scanner = chain.id(Role::Scanner).to_string();
+            docker
+                .stop_container(
+                    &scanner,
+                    None::<bollard::query_parameters::StopContainerOptions>,
+                )
+                .await?;
+            let away = curl(chain, &[url]).await?;
+            ensure!(away.ends_with("\n502"), "scanner stopped: {away}");
+            docker
+                .start_container(
+                    &scanner,
+                    None::<bollard::query_parameters::StartContainerOptions>,
+                )
+                .await
+                .context("starting the stopped scanner again")?;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            let mut last = String::new();
+            while std::time::Instant::now() < deadline {
+                last = curl(chain, &[url]).await?;
+                if last.ends_with("\n200") {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        }
-        ensure!(last.ends_with("\n200"), "after the restart: {last}");
-        let secret = curl(&chain, &["-d", "key=AKIAIOSFODNN7EXAMPLE", url]).await?;
-        ensure!(secret.ends_with("\n403"), "after the restart: {secret}");
-        let records = chain.upstream_records().await?;
-        ensure!(records.len() == 2, "{records:?}");
-        Ok(())
-    }
-    .await;
-    if result.is_err() {
-        eprintln!("{}", chain.logs().await);
-    }
-    chain.down().await?;
-    ensure!(
-        left_by(&docker, std::process::id()).await? == 0,
-        "left behind after down"
-    );
-    result
+            ensure!(last.ends_with("\n200"), "after the restart: {last}");
+            let secret = curl(chain, &["-d", "key=AKIAIOSFODNN7EXAMPLE", url]).await?;
+            ensure!(secret.ends_with("\n403"), "after the restart: {secret}");
+            let records = chain.upstream_records().await?;
+            ensure!(records.len() == 2, "{records:?}");
+            Ok(())
+        })
+    })
+    .await
 }
 
 /// Starts the hold binary, waits until its bottle is up, signals it, and checks it cleaned up.
