@@ -201,11 +201,14 @@ fn spec(
             limits: Default::default(),
         },
         scanner: ScannerSpec {
-            kind: ScannerKind::Double,
-            image: images.fixtures.clone(),
-            entrypoint: Some(vec!["pipelock-double".into()]),
+            kind: images.graded.scanner_kind,
+            image: images.graded.scanner_image.clone(),
+            entrypoint: match images.graded.scanner_kind {
+                ScannerKind::Pipelock => None,
+                ScannerKind::Double => Some(vec!["pipelock-double".into()]),
+            },
         },
-        mitm_image: images.mitmproxy.clone(),
+        mitm_image: images.graded.mitm_image.clone(),
         addon_dir: options.addon_dir.clone(),
         egress: EgressSpec {
             network: Some(internet.to_string()),
@@ -422,10 +425,6 @@ impl Chain {
 
     pub fn upstream_id(&self) -> &str {
         &self.ids["upstream"]
-    }
-
-    pub fn scanner_is_double(&self) -> bool {
-        self.plan.scanner == ScannerKind::Double
     }
 
     /// Every request and TLS error the upstream recorded, on every port.

@@ -1,13 +1,17 @@
 //! Every image the suite runs, ensured through the launcher's image module (one source of
-//! truth), plus the fixtures image only the harness needs.
+//! truth), plus the fixtures image only the harness needs, and the scanner and mitmproxy images
+//! the suite grades (`subject`).
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use bollard::Docker;
 use bottle::images::{self, ImageOptions, Recipe};
+use serde::{Deserialize, Serialize};
 
 use crate::fixture_bins;
+use crate::subject::{self, Graded};
 
-#[derive(Clone, Debug)]
+/// The local builds, by recipe; `graded` is what the bottles run as scanner and mitmproxy.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TestImages {
     pub base: String,
     pub mitmproxy: String,
@@ -15,6 +19,7 @@ pub struct TestImages {
     pub agent: String,
     pub agent_claude: String,
     pub fixtures: String,
+    pub graded: Graded,
 }
 
 impl TestImages {
@@ -30,34 +35,19 @@ impl TestImages {
     }
 }
 
-/// Set by the nextest setup script for the tests it runs before: the tags it just ensured,
-/// `,`-separated in [`TestImages::all`] order, so each test process does not hash the fixture
-/// binaries and inspect every image again.
-pub const ENV: &str = "BOTTLE_IMAGES";
+/// Set by the nextest setup script for the tests it runs before: the images it just ensured and
+/// what the graded ones said they are (JSON), so each test process does not hash the fixture
+/// binaries, inspect every image and ask the scanner again.
+pub const ENV: &str = "BOTTLE_RESOLVED_IMAGES";
 
 impl TestImages {
-    /// The tags as [`ENV`] carries them.
+    /// The images as [`ENV`] carries them.
     pub fn to_env(&self) -> String {
-        self.all().map(|(_, tag)| tag).join(",")
+        serde_json::to_string(self).expect("plain strings serialize")
     }
 
     fn from_env(value: &str) -> Option<TestImages> {
-        let [
-            base,
-            mitmproxy,
-            mitmproxy_test,
-            agent,
-            agent_claude,
-            fixtures,
-        ] = <[String; 6]>::try_from(value.split(',').map(String::from).collect::<Vec<_>>()).ok()?;
-        Some(TestImages {
-            base,
-            mitmproxy,
-            mitmproxy_test,
-            agent,
-            agent_claude,
-            fixtures,
-        })
+        serde_json::from_str(value).ok()
     }
 }
 
@@ -99,6 +89,10 @@ pub async fn build_missing(docker: &Docker) -> Result<TestImages> {
         agent_claude,
         fixtures,
     ] = <[String; 6]>::try_from(tags).expect("one tag per recipe");
+    let selection = subject::Selection::from_env()?;
+    let graded = subject::grade(docker, &selection, &mitmproxy, &fixtures)
+        .await
+        .context("choosing the images to grade")?;
     Ok(TestImages {
         base,
         mitmproxy,
@@ -106,5 +100,6 @@ pub async fn build_missing(docker: &Docker) -> Result<TestImages> {
         agent,
         agent_claude,
         fixtures,
+        graded,
     })
 }

@@ -22,3 +22,4 @@ pub mod report;
 pub mod run;
 pub mod runner;
 pub mod scenario;
+pub mod subject;

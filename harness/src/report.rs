@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::scenario::{Case, Client, Property, Protocol};
+use crate::subject::RunInfo;
 
 /// Overrides where the report goes.
 pub const ENV: &str = "BOTTLE_REPORT_DIR";
@@ -24,6 +25,10 @@ pub const ENV: &str = "BOTTLE_REPORT_DIR";
 /// The substring by which a scanner string names the pipelock double
 /// (e.g. "pipelock-double 2.4.0-pipelock-double").
 pub const DOUBLE_MARKER: &str = "pipelock-double";
+
+/// The substring by which a scanner string names the fixtures' scanner-fake, which a case puts
+/// in the scanner's place on purpose.
+pub const SCANNER_FAKE_MARKER: &str = "(scanner-fake:";
 
 /// The loud line of every `report.md` made with the double.
 pub const DOUBLE_WARNING: &str = "**The scanner was the pipelock double, not pipelock.** \
@@ -38,6 +43,8 @@ const INDEX: &str = "index.json";
 const MARKDOWN: &str = "report.md";
 const SUMMARY: &str = "summary.txt";
 const LOCK: &str = ".lock";
+/// What the run graded, written once by the setup script (`subject::RunInfo`).
+const RUN: &str = "run.json";
 
 /// How many failing cases the one-screen summary names before "and N more".
 const SUMMARY_FAILURES: usize = 15;
@@ -211,6 +218,10 @@ pub struct Index {
     pub counts: Counts,
     /// Things a reader must know: mixed images, unreadable result files.
     pub warnings: Vec<String>,
+    /// What the run graded: the scanner and mitmproxy, what they said they are, every image's
+    /// id and digests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunInfo>,
     pub results: Vec<CaseResult>,
 }
 
@@ -226,7 +237,8 @@ impl Index {
             for (role, tag) in &r.images {
                 images.entry(role.clone()).or_default().insert(tag.clone());
             }
-            if !r.scanner.is_empty() {
+            // A case's own scanner-fake (FAILCLOSED) is not the run's scanner.
+            if !r.scanner.is_empty() && !r.scanner.contains(SCANNER_FAKE_MARKER) {
                 scanners.insert(r.scanner.clone());
             }
         }
@@ -254,8 +266,18 @@ impl Index {
             scanner: join(&scanners),
             counts,
             warnings,
+            run: None,
             results,
         }
+    }
+
+    /// Adds what the run graded; a run that graded the double is a run with the double.
+    fn with_run(mut self, run: Option<RunInfo>) -> Index {
+        if let Some(run) = &run {
+            self.scanner_is_double |= run.graded.scanner_is_double();
+        }
+        self.run = run;
+        self
     }
 
     /// The one-screen text of `summary.txt`.
@@ -264,6 +286,16 @@ impl Index {
         let _ = writeln!(out, "bottle conformance: {}", self.counts.line());
         if self.scanner_is_double {
             let _ = writeln!(out, "{DOUBLE_WARNING_TEXT}");
+        }
+        if let Some(run) = &self.run {
+            let _ = writeln!(out, "graded: {}", run.graded.scanner_label());
+            let _ = writeln!(out, "  chosen: {}", run.graded.chosen);
+            let _ = writeln!(
+                out,
+                "  mitmproxy: {} ({})",
+                run.graded.mitm_version_line(),
+                run.graded.mitm_image
+            );
         }
         let _ = writeln!(out, "scanner: {}", or_none(&self.scanner));
         for (role, tag) in &self.images {
@@ -441,6 +473,9 @@ impl Index {
             let _ = writeln!(out, "| {} | `{}` |", cell(role), cell(tag));
         }
         let _ = writeln!(out);
+        if let Some(run) = &self.run {
+            let _ = writeln!(out, "{}", run.markdown());
+        }
         for w in &self.warnings {
             let _ = writeln!(out, "**Warning:** {}\n", cell(w));
         }
@@ -639,6 +674,30 @@ impl Report {
         self.regenerate_locked()
     }
 
+    /// Writes what the run graded (once, at its start) and regenerates the aggregates.
+    pub fn write_run(&self, run: &RunInfo) -> Result<()> {
+        let _lock = self.lock()?;
+        let path = self.dir.join(RUN);
+        let json = serde_json::to_vec_pretty(run).map_err(|source| ReportError::Json {
+            path: path.clone(),
+            source,
+        })?;
+        write_atomic(&path, &json)?;
+        self.regenerate_locked()
+    }
+
+    /// Adds what the run graded to the JUnit file at `path` as `<properties>`; nothing when
+    /// there is no such file or no run.json.
+    pub fn annotate_junit(&self, path: &Path) -> std::result::Result<(), String> {
+        let Ok(xml) = std::fs::read_to_string(path) else {
+            return Ok(());
+        };
+        let run = self.index().map_err(|e| e.to_string())?.run;
+        let Some(run) = run else { return Ok(()) };
+        let annotated = crate::subject::annotate_junit(&xml, &run.junit_properties());
+        write_atomic(path, annotated.as_bytes()).map_err(|e| e.to_string())
+    }
+
     /// Rebuilds the aggregates from the result files (e.g. after editing one by hand).
     pub fn regenerate(&self) -> Result<()> {
         let _lock = self.lock()?;
@@ -653,7 +712,12 @@ impl Report {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&results)(e)),
             _ => {}
         }
-        for path in [self.index_path(), self.markdown_path(), self.summary_path()] {
+        for path in [
+            self.index_path(),
+            self.markdown_path(),
+            self.summary_path(),
+            self.dir.join(RUN),
+        ] {
             match std::fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&path)(e)),
                 _ => {}
@@ -718,7 +782,24 @@ impl Report {
                 )),
             }
         }
-        let index = Index::build(results, warnings);
+        let run_path = self.dir.join(RUN);
+        let run = match std::fs::read(&run_path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            other => match other
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<RunInfo>(&b).map_err(|e| e.to_string()))
+            {
+                Ok(run) => Some(run),
+                Err(e) => {
+                    warnings.push(format!(
+                        "{} cannot be read, so what ran is not named: {e}",
+                        run_path.display()
+                    ));
+                    None
+                }
+            },
+        };
+        let index = Index::build(results, warnings).with_run(run);
         let index_path = self.index_path();
         let json = serde_json::to_vec_pretty(&index).map_err(|source| ReportError::Json {
             path: index_path.clone(),
@@ -1010,6 +1091,19 @@ secret = "AKIA"
         assert_eq!(index.scanner, format!("{REAL} | {DOUBLE}"));
         assert_eq!(index.warnings.len(), 1, "{:?}", index.warnings);
         assert!(index.warnings[0].contains("mixed"));
+    }
+
+    #[test]
+    fn a_case_s_own_scanner_fake_is_not_a_mixed_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let report = Report::at(dir.path());
+        let cases = expand(&scenarios());
+        report.record(&result(&cases[0], DOUBLE)).unwrap();
+        let fake = format!("bottle-fixtures:x {SCANNER_FAKE_MARKER} misbehaves on purpose)");
+        report.record(&result(&cases[1], &fake)).unwrap();
+        let index = report.index().unwrap();
+        assert_eq!(index.scanner, DOUBLE);
+        assert!(index.warnings.is_empty(), "{:?}", index.warnings);
     }
 
     #[test]

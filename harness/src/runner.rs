@@ -108,11 +108,13 @@ pub async fn execute(
             .chain([("upstream".to_string(), images.fixtures.clone())])
             .collect(),
         if chain.scanner_fake {
-            format!("{} (scanner-fake: misbehaves on purpose)", images.fixtures)
-        } else if chain.scanner_is_double() {
-            format!("{} (pipelock-double)", images.fixtures)
+            format!(
+                "{} {} misbehaves on purpose)",
+                images.fixtures,
+                crate::report::SCANNER_FAKE_MARKER
+            )
         } else {
-            chain.plan.container(Role::Scanner).image.clone()
+            images.graded.scanner_label()
         },
     ));
     if outcome

@@ -3,7 +3,7 @@
 //! mtime (mitmproxy never loads a script whose mtime is the epoch).
 
 /// (path under the addon directory, contents).
-pub const FILES: [(&str, &str); 14] = [
+pub const FILES: [(&str, &str); 15] = [
     ("addon.py", include_str!("../../addon/addon.py")),
     (
         "bottle_addon/__init__.py",
@@ -40,6 +40,10 @@ pub const FILES: [(&str, &str); 14] = [
     (
         "bottle_addon/relay.py",
         include_str!("../../addon/bottle_addon/relay.py"),
+    ),
+    (
+        "bottle_addon/requirements.py",
+        include_str!("../../addon/bottle_addon/requirements.py"),
     ),
     (
         "bottle_addon/scanner.py",

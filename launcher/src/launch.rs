@@ -112,6 +112,11 @@ pub struct StartRequest {
     pub name: Option<String>,
     pub images: ImagesMode,
     pub scanner: ScannerKind,
+    /// `--scanner-image`: this image runs as the scanner `scanner` says, instead of the lock's
+    /// pipelock or the local double.
+    pub scanner_image: Option<String>,
+    /// `--mitm-image`: this image runs mitmproxy (and the relay), whatever `images` says.
+    pub mitm_image: Option<String>,
 }
 
 /// The images a bottle runs.
@@ -140,18 +145,20 @@ pub async fn image_names(
     request: &StartRequest,
 ) -> Result<Images, LaunchError> {
     let opts = ImageOptions::from_env();
-    let mitm = match request.images {
-        ImagesMode::Local => images::tag_of(&opts, Recipe::Mitmproxy)?,
-        ImagesMode::Pinned => pinned::lock()?.entry(Pinned::Mitmproxy).reference()?,
+    let mitm = match (&request.mitm_image, request.images) {
+        (Some(given), _) => given.clone(),
+        (None, ImagesMode::Local) => images::tag_of(&opts, Recipe::Mitmproxy)?,
+        (None, ImagesMode::Pinned) => pinned::lock()?.entry(Pinned::Mitmproxy).reference()?,
     };
     let agent = match (&request.manifest.agent_image, request.images) {
         (Some(image), _) => image.clone(),
         (None, ImagesMode::Local) => images::tag_of(&opts, Recipe::AgentClaude)?,
         (None, ImagesMode::Pinned) => return Err(LaunchError::PinnedNeedsAgentImage),
     };
-    let scanner = match request.scanner {
-        ScannerKind::Pipelock => pinned::lock()?.entry(Pinned::Pipelock).reference()?,
-        ScannerKind::Double => match docker {
+    let scanner = match (&request.scanner_image, request.scanner) {
+        (Some(given), _) => given.clone(),
+        (None, ScannerKind::Pipelock) => pinned::lock()?.entry(Pinned::Pipelock).reference()?,
+        (None, ScannerKind::Double) => match docker {
             Some(docker) => double_image(docker).await?,
             None => std::env::var(DOUBLE_IMAGE_ENV)
                 .unwrap_or_else(|_| format!("{DOUBLE_REPOSITORY}:<newest local>")),
@@ -169,18 +176,26 @@ pub async fn ensure_images(docker: &Docker, request: &StartRequest) -> Result<Im
     crate::preflight::check(docker, false).await?;
     let mut images = image_names(Some(docker), request).await?;
     if request.images == ImagesMode::Local {
-        let mut wanted = vec![Recipe::Mitmproxy];
+        let mut wanted = vec![];
+        if request.mitm_image.is_none() {
+            wanted.push(Recipe::Mitmproxy);
+        }
         if request.manifest.agent_image.is_none() {
             wanted.push(Recipe::AgentClaude);
         }
         images::ensure(docker, &ImageOptions::from_env(), &wanted).await?;
-    } else {
+    }
+    images.mitm = match (&request.mitm_image, request.images) {
+        (Some(given), _) => pinned::ensure_given(docker, "--mitm-image", given).await?,
         // A pinned image may be here by its tag only (`docker load` keeps no digest).
-        images.mitm = pinned::ensure(docker, Pinned::Mitmproxy).await?;
-    }
-    if request.scanner == ScannerKind::Pipelock {
-        images.scanner = pinned::ensure(docker, Pinned::Pipelock).await?;
-    }
+        (None, ImagesMode::Pinned) => pinned::ensure(docker, Pinned::Mitmproxy).await?,
+        (None, ImagesMode::Local) => images.mitm,
+    };
+    images.scanner = match (&request.scanner_image, request.scanner) {
+        (Some(given), _) => pinned::ensure_given(docker, "--scanner-image", given).await?,
+        (None, ScannerKind::Pipelock) => pinned::ensure(docker, Pinned::Pipelock).await?,
+        (None, ScannerKind::Double) => images.scanner,
+    };
     Ok(images)
 }
 

@@ -63,6 +63,15 @@ enum Command {
         /// test stand-in, which does NOT protect you.
         #[arg(long, value_enum, default_value_t = Scanner::Pipelock)]
         scanner: Scanner,
+        /// Run this image as the scanner (as --scanner says: pipelock with its own entrypoint,
+        /// double with `pipelock-double`) instead of images.lock's pipelock or the local double;
+        /// here already (`docker load`) or pullable.
+        #[arg(long, value_name = "REF")]
+        scanner_image: Option<String>,
+        /// Run this image as mitmproxy (and the relay) instead of the one --images names; it
+        /// needs mitmproxy 12.2.3 and python3 (the addon checks at start).
+        #[arg(long, value_name = "REF")]
+        mitm_image: Option<String>,
     },
     /// List the bottles on this Docker engine (also what a crash left behind).
     Ps,
@@ -172,6 +181,8 @@ async fn run(cli: Cli) -> Result<u8, LaunchError> {
             format,
             images,
             scanner,
+            scanner_image,
+            mitm_image,
         } => {
             let request = StartRequest {
                 manifest: launch::load_manifest(manifest)?,
@@ -184,6 +195,8 @@ async fn run(cli: Cli) -> Result<u8, LaunchError> {
                     Scanner::Pipelock => ScannerKind::Pipelock,
                     Scanner::Double => ScannerKind::Double,
                 },
+                scanner_image,
+                mitm_image,
             };
             if dry_run {
                 dry_run_start(&request, format).await

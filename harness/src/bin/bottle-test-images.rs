@@ -73,11 +73,23 @@ async fn run() -> Result<()> {
     for (name, tag) in images.all() {
         eprintln!("[bottle] image {name:<15} {tag}");
     }
+    let graded = &images.graded;
+    eprintln!(
+        "[bottle] graded scanner: {}\n[bottle]   chosen: {}\n[bottle] graded mitmproxy: {} ({})",
+        graded.scanner_label(),
+        graded.chosen,
+        graded.mitm_version_line(),
+        graded.mitm_image
+    );
+    if graded.scanner_is_double() {
+        eprintln!("[bottle] {}", bottle_harness::report::DOUBLE_WARNING_TEXT);
+    }
     eprintln!(
         "[bottle] all images present ({:.1}s)",
         started.elapsed().as_secs_f64()
     );
-    start_report(&images)
+    let run = bottle_harness::subject::RunInfo::collect(&docker, &images).await?;
+    start_report(&images, &run)
 }
 
 /// The `pool` setup script (after this one, for the scenario cases only): starts the run's pool
@@ -151,25 +163,29 @@ fn start_pool() -> Result<std::path::PathBuf> {
     }
 }
 
-/// The harness runs the pipelock double (pipelock cannot be pulled here).
-fn start_report(images: &bottle_harness::images::TestImages) -> Result<()> {
+/// Resets the report with what this run grades, and records the cases that will not run.
+fn start_report(
+    images: &bottle_harness::images::TestImages,
+    run: &bottle_harness::subject::RunInfo,
+) -> Result<()> {
     use bottle_harness::report::{self, CaseResult};
     use bottle_harness::scenario;
     report::reset()?;
+    report::Report::from_env().write_run(run)?;
     let scenarios = scenario::load_dir(scenario::default_dir())?;
     let mut settled = 0;
     for case in scenario::expand(&scenarios) {
-        if let Some((outcome, reason)) = case.settled(true) {
+        if let Some((outcome, reason)) = case.settled(images.graded.scanner_is_double()) {
             let mut result = CaseResult::new(&case, outcome, Some(reason));
             result.images = [
                 ("agent", &images.agent),
-                ("mitm", &images.mitmproxy),
-                ("scanner", &images.fixtures),
+                ("mitm", &images.graded.mitm_image),
+                ("scanner", &images.graded.scanner_image),
             ]
             .into_iter()
             .map(|(role, tag)| (role.to_string(), tag.to_string()))
             .collect();
-            result.scanner = format!("{} (pipelock-double)", images.fixtures);
+            result.scanner = images.graded.scanner_label();
             report::record(&result)?;
             settled += 1;
         }

@@ -93,6 +93,16 @@ pub enum PinnedError {
         /// What the user can do instead.
         ways_out: String,
     },
+    #[error(
+        "the image {reference} given by {flag} is not in this Docker engine and could not be \
+         pulled: {reason}\nLoad it first (`docker load -i ARCHIVE`, from a `docker save` of it \
+         made where a registry is reachable), or leave {flag} out."
+    )]
+    GivenUnavailable {
+        flag: String,
+        reference: String,
+        reason: String,
+    },
 }
 
 /// How long a pull may take. A registry that stops answering (or never answers) trips `idle`; a
@@ -373,17 +383,31 @@ async fn pull(
     reference: &str,
     bounds: PullBounds,
 ) -> Result<(), PinnedError> {
-    let failed = |reason: String| PinnedError::PullFailed {
-        image: which,
-        reference: reference.to_string(),
-        reason,
-        ways_out: ways_out(which, entry, reference),
-    };
     let digest = entry.digest.as_deref().expect("reference() checked it");
-    let step = Step::start(format!("pulling the pinned {which} image {reference}"));
+    let what = format!("the pinned {which} image {reference}");
+    pull_image(docker, &what, &entry.repository, digest, bounds)
+        .await
+        .map_err(|reason| PinnedError::PullFailed {
+            image: which,
+            reference: reference.to_string(),
+            reason,
+            ways_out: ways_out(which, entry, reference),
+        })
+}
+
+/// Pulls `from_image` at `tag` (a tag or a digest), with progress on stderr; the reason when
+/// it cannot.
+async fn pull_image(
+    docker: &Docker,
+    what: &str,
+    from_image: &str,
+    tag: &str,
+    bounds: PullBounds,
+) -> Result<(), String> {
+    let step = Step::start(format!("pulling {what}"));
     let options = CreateImageOptionsBuilder::new()
-        .from_image(&entry.repository)
-        .tag(digest)
+        .from_image(from_image)
+        .tag(tag)
         .build();
     let mut stream = docker.create_image(Some(options), None, None);
     let started = Instant::now();
@@ -394,19 +418,19 @@ async fn pull(
             Ok(Some(item)) => item,
             Ok(None) => break,
             Err(_) if wait < bounds.idle => {
-                return Err(failed(format!(
+                return Err(format!(
                     "the pull did not finish within {} s",
                     bounds.total.as_secs_f64()
-                )));
+                ));
             }
             Err(_) => {
-                return Err(failed(format!(
+                return Err(format!(
                     "no answer from the registry within {} s (it is unreachable or hanging)",
                     bounds.idle.as_secs_f64()
-                )));
+                ));
             }
         };
-        let info = item.map_err(|e| failed(engine_reason(&e)))?;
+        let info = item.map_err(|e| engine_reason(&e))?;
         if let Some(status) = info.status.as_deref()
             && !CHATTY.contains(&status)
         {
@@ -418,6 +442,41 @@ async fn pull(
     }
     step.done();
     Ok(())
+}
+
+/// An image given by reference on the command line (`flag`, e.g. `--scanner-image`): the
+/// engine's when it has it, else pulled. Run by that reference, as given.
+pub async fn ensure_given(
+    docker: &Docker,
+    flag: &str,
+    reference: &str,
+) -> Result<String, PinnedError> {
+    if inspect(docker, reference).await?.is_some() {
+        return Ok(reference.to_string());
+    }
+    // `repo@sha256:…`, `repo:tag` (a registry's port is not a tag) or `repo` (latest).
+    let (from_image, tag) = match reference.split_once('@') {
+        Some((repository, digest)) => (repository, digest),
+        None => match reference.rsplit_once(':') {
+            Some((repository, tag)) if !tag.contains('/') => (repository, tag),
+            _ => (reference, "latest"),
+        },
+    };
+    let what = format!("{reference} (given by {flag})");
+    let pulled = pull_image(docker, &what, from_image, tag, PullBounds::DEFAULT).await;
+    match pulled {
+        Ok(()) if inspect(docker, reference).await?.is_some() => Ok(reference.to_string()),
+        Ok(()) => Err(PinnedError::GivenUnavailable {
+            flag: flag.into(),
+            reference: reference.into(),
+            reason: "the engine reported the pull done but has no image by that name".into(),
+        }),
+        Err(reason) => Err(PinnedError::GivenUnavailable {
+            flag: flag.into(),
+            reference: reference.into(),
+            reason,
+        }),
+    }
 }
 
 /// What the engine said, without bollard's wrapping.
