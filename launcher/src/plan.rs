@@ -822,7 +822,8 @@ pub fn plan(spec: &BottleSpec) -> Result<BottlePlan, PlanError> {
 /// strict mode, the only mode in which pipelock enforces `api_allowlist`. `internal: []` because
 /// the scanner resolves no names (addon/README.md, "Exactly once"); the addon checks upstream
 /// addresses where mitmproxy connects. The rate limit cannot be turned off in pipelock; set
-/// beyond what an agent sends.
+/// beyond what an agent sends. Seed phrases are found from 24 words on, not pipelock's 12: at
+/// 12, ordinary English blocks an agent's conversation (README, "The scanner's config").
 pub fn pipelock_config(allowlist: &[String]) -> String {
     // Entries are host patterns (`valid_host_pattern`): safe as plain YAML scalars once quoted.
     let allowlist: String = allowlist
@@ -852,6 +853,10 @@ logging:
 sentry:
   enabled: false
 internal: []
+seed_phrase_detection:
+  enabled: true
+  min_words: 24
+  verify_checksum: true
 "
 }
 
@@ -1176,6 +1181,11 @@ mod tests {
             ("sentry.enabled", "false"),
             // The scanner resolves no names; the addon checks addresses instead.
             ("internal", "[]"),
+            // At pipelock's 12, ordinary English in an agent's conversation is a seed phrase
+            // (README, "The scanner's config").
+            ("seed_phrase_detection.enabled", "true"),
+            ("seed_phrase_detection.min_words", "24"),
+            ("seed_phrase_detection.verify_checksum", "true"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -18,8 +18,8 @@ pub enum Recipe {
     Base,
     /// Base + mitmproxy 12.2.3 in a venv.
     Mitmproxy,
-    /// Mitmproxy + pytest, pytest-asyncio and ruff for the addon's tests, and zizmor and
-    /// check-jsonschema for the CI files users copy (`ci/`).
+    /// Mitmproxy + pytest, pytest-asyncio and ruff for the addon's tests, and actionlint,
+    /// zizmor and check-jsonschema for the CI files users copy (`ci/`).
     MitmproxyTest,
     /// Base + a non-root user and the probe scripts.
     Agent,
