@@ -17,6 +17,19 @@ pub async fn exec(
         .with_context(|| format!("running {cmd:?} in {container}"))
 }
 
+/// Like [`exec`], with `input` on the command's stdin.
+pub async fn exec_with_input(
+    docker: &Docker,
+    container: &str,
+    user: Option<&str>,
+    cmd: &[&str],
+    input: &[u8],
+) -> Result<Output> {
+    bottle::exec::exec_with_input(docker, container, user, cmd, input)
+        .await
+        .with_context(|| format!("running {cmd:?} in {container}"))
+}
+
 /// Like [`exec`], but a non-zero exit is an error carrying the command's output.
 pub async fn exec_ok(
     docker: &Docker,

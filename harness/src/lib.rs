@@ -23,3 +23,4 @@ pub mod run;
 pub mod runner;
 pub mod scenario;
 pub mod subject;
+pub mod traffic;

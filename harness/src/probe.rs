@@ -155,6 +155,9 @@ impl fmt::Display for Protocol {
     }
 }
 
+/// Bodies longer than this go to curl, node and python on stdin, not in the spec.
+pub const STDIN_BODY_ABOVE: usize = 64 * 1024;
+
 /// One request for a probe to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProbeRequest {
@@ -228,13 +231,24 @@ impl ProbeRequest {
         self
     }
 
-    /// The JSON argument every probe takes.
-    fn spec(&self, protocol: Protocol) -> serde_json::Value {
+    /// The body when `client` reads it from stdin: a body past [`STDIN_BODY_ABOVE`] cannot go
+    /// on the command line (one argument holds at most 128 KiB), for the clients that send
+    /// realistic bodies.
+    fn stdin_body(&self, client: Client) -> Option<&[u8]> {
+        let body = self.body.as_deref()?;
+        let reads_stdin = matches!(client, Client::Curl | Client::Node | Client::Python);
+        (reads_stdin && body.len() > STDIN_BODY_ABOVE).then_some(body)
+    }
+
+    /// The JSON argument every probe takes; a body read from stdin is given by its length.
+    fn spec(&self, protocol: Protocol, stdin_body: Option<&[u8]>) -> serde_json::Value {
+        let inline_body = self.body.as_ref().filter(|_| stdin_body.is_none());
         serde_json::json!({
             "method": self.method,
             "url": self.url,
             "headers": self.headers,
-            "body_base64": self.body.as_ref().map(|b| BASE64.encode(b)),
+            "body_base64": inline_body.map(|b| BASE64.encode(b)),
+            "body_stdin": stdin_body.map(<[u8]>::len),
             "body_repeat": self.body_repeat,
             "load": self.load,
             "timeout_ms": self.timeout.as_millis() as u64,
@@ -421,13 +435,20 @@ pub async fn run(
     if !client.supports(protocol) {
         bail!("{client} cannot speak {protocol}");
     }
-    let spec = request.spec(protocol).to_string();
+    let stdin_body = request.stdin_body(client);
+    let spec = request.spec(protocol, stdin_body).to_string();
     let cmd = command(client, &spec, &request.env);
     let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
     let limit = request.timeout + EXEC_GRACE;
     let out = match tokio::time::timeout(
         limit,
-        exec::exec(docker, agent_container_id, Some(AGENT_USER), &cmd),
+        exec::exec_with_input(
+            docker,
+            agent_container_id,
+            Some(AGENT_USER),
+            &cmd,
+            stdin_body.unwrap_or_default(),
+        ),
     )
     .await
     {
@@ -470,12 +491,28 @@ mod tests {
         let req = ProbeRequest::post("https://h/p", vec![0xff, 0x00])
             .header("a", "b")
             .no_proxy();
-        let spec = req.spec(Protocol::H2);
+        let spec = req.spec(Protocol::H2, req.stdin_body(Client::Curl));
         assert_eq!(spec["body_base64"], "/wA=");
+        assert_eq!(spec["body_stdin"], serde_json::Value::Null);
         assert_eq!(spec["headers"], serde_json::json!([["a", "b"]]));
         assert_eq!(spec["protocol"], "h2");
         assert_eq!(spec["no_proxy"], true);
         assert_eq!(spec["timeout_ms"], 20000);
+    }
+
+    #[test]
+    fn a_large_body_goes_on_stdin_for_the_clients_that_read_it() {
+        let req = ProbeRequest::post("https://h/p", vec![b'a'; STDIN_BODY_ABOVE + 1]);
+        for client in [Client::Curl, Client::Node, Client::Python] {
+            let stdin = req.stdin_body(client);
+            assert_eq!(stdin.map(<[u8]>::len), Some(STDIN_BODY_ABOVE + 1));
+            let spec = req.spec(Protocol::H1, stdin);
+            assert_eq!(spec["body_base64"], serde_json::Value::Null);
+            assert_eq!(spec["body_stdin"], STDIN_BODY_ABOVE + 1);
+        }
+        assert!(req.stdin_body(Client::Raw).is_none());
+        let small = ProbeRequest::post("https://h/p", vec![b'a'; STDIN_BODY_ABOVE]);
+        assert!(small.stdin_body(Client::Curl).is_none());
     }
 
     #[test]

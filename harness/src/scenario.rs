@@ -43,10 +43,11 @@ pub enum Family {
     Harden,
     Isolation,
     Load,
+    Traffic,
 }
 
 impl Family {
-    pub const ALL: [Family; 17] = [
+    pub const ALL: [Family; 18] = [
         Family::Block,
         Family::Pass,
         Family::H2,
@@ -64,6 +65,7 @@ impl Family {
         Family::Harden,
         Family::Isolation,
         Family::Load,
+        Family::Traffic,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -85,6 +87,7 @@ impl Family {
             Family::Harden => "HARDEN",
             Family::Isolation => "ISOLATION",
             Family::Load => "LOAD",
+            Family::Traffic => "TRAFFIC",
         }
     }
 
@@ -365,6 +368,10 @@ pub struct Request {
     /// The body sent this many times over (curl, node, python): a megabyte from a short line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_repeat: Option<u32>,
+    /// The body is a coding agent's conversation of this size (`traffic.rs`), a secret
+    /// planted in it or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_traffic: Option<crate::traffic::Traffic>,
     /// The client bypasses the proxy.
     #[serde(default)]
     pub no_proxy: bool,
@@ -562,8 +569,12 @@ fn default_method() -> String {
 }
 
 impl Request {
-    /// The body to send: `body` as UTF-8 bytes, or `body_base64` decoded; `None` for no body.
+    /// The body to send: `body` as UTF-8 bytes, `body_base64` decoded, or the conversation
+    /// `agent_traffic` asks for; `None` for no body.
     pub fn body_bytes(&self) -> Result<Option<Vec<u8>>, base64::DecodeError> {
+        if let Some(traffic) = &self.agent_traffic {
+            return Ok(Some(crate::traffic::conversation(traffic)));
+        }
         match (&self.body, &self.body_base64) {
             (Some(text), _) => Ok(Some(text.clone().into_bytes())),
             (None, Some(b64)) => base64::engine::general_purpose::STANDARD
@@ -1019,6 +1030,26 @@ fn validate(s: &Scenario) -> Vec<String> {
         if let Some(client) = s.clients.iter().find(|c| !repeating.contains(c)) {
             problems.push(format!(
                 "request.body_repeat: the {client} client cannot repeat a body"
+            ));
+        }
+    }
+    if let Some(request) = &s.request
+        && let Some(traffic) = &request.agent_traffic
+    {
+        if request.body.is_some() || request.body_base64.is_some() || request.body_repeat.is_some()
+        {
+            problems.push(
+                "request.agent_traffic is the body: remove body, body_base64 and body_repeat"
+                    .into(),
+            );
+        }
+        if traffic.secret.is_some() != traffic.plant_in.is_some() {
+            problems.push("request.agent_traffic: give secret and plant_in together".into());
+        }
+        let senders = [Client::Curl, Client::Node, Client::Python];
+        if let Some(client) = s.clients.iter().find(|c| !senders.contains(c)) {
+            problems.push(format!(
+                "request.agent_traffic: the {client} client cannot send a conversation"
             ));
         }
     }
