@@ -8,7 +8,12 @@ use anyhow::{Context, Result, bail};
 
 pub const FIXTURE_PACKAGES: [&str; 2] = ["bottle-upstream", "pipelock-double"];
 /// The binaries of those packages that go into the fixtures image.
-pub const FIXTURE_BINARIES: [&str; 3] = ["bottle-upstream", "pipelock-double", "scanner-fake"];
+pub const FIXTURE_BINARIES: [&str; 4] = [
+    "bottle-upstream",
+    "pipelock-double",
+    "pipelock-fidelity",
+    "scanner-fake",
+];
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

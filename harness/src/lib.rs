@@ -21,6 +21,7 @@ pub mod probe;
 pub mod report;
 pub mod run;
 pub mod runner;
+pub mod scanner_fidelity;
 pub mod scenario;
 pub mod subject;
 pub mod traffic;

@@ -45,6 +45,9 @@ const SUMMARY: &str = "summary.txt";
 const LOCK: &str = ".lock";
 /// What the run graded, written once by the setup script (`subject::RunInfo`).
 const RUN: &str = "run.json";
+/// The fidelity table against the graded scanner (`scanner_fidelity`): its section, and data.
+pub const FIDELITY_MD: &str = "fidelity.md";
+pub const FIDELITY_JSON: &str = "fidelity.json";
 
 /// How many failing cases the one-screen summary names before "and N more".
 const SUMMARY_FAILURES: usize = 15;
@@ -222,6 +225,9 @@ pub struct Index {
     /// id and digests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<RunInfo>,
+    /// The scanner-fidelity section, when that test ran (`fidelity.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fidelity: Option<String>,
     pub results: Vec<CaseResult>,
 }
 
@@ -267,6 +273,7 @@ impl Index {
             counts,
             warnings,
             run: None,
+            fidelity: None,
             results,
         }
     }
@@ -526,6 +533,9 @@ impl Index {
 
         let _ = writeln!(out, "{}", self.bypass_by_class());
         let _ = writeln!(out, "{}", self.load_figures());
+        if let Some(fidelity) = &self.fidelity {
+            let _ = writeln!(out, "{fidelity}");
+        }
         let _ = writeln!(out, "{}", self.time_by_family());
 
         let _ = writeln!(out, "## Not passing\n");
@@ -698,6 +708,19 @@ impl Report {
         write_atomic(path, annotated.as_bytes()).map_err(|e| e.to_string())
     }
 
+    /// Writes the scanner-fidelity section and its data, and regenerates the aggregates.
+    pub fn write_fidelity(&self, fidelity: &crate::scanner_fidelity::Fidelity) -> Result<()> {
+        let _lock = self.lock()?;
+        let path = self.dir.join(FIDELITY_JSON);
+        let json = serde_json::to_vec_pretty(fidelity).map_err(|source| ReportError::Json {
+            path: path.clone(),
+            source,
+        })?;
+        write_atomic(&path, &json)?;
+        write_atomic(&self.dir.join(FIDELITY_MD), fidelity.markdown().as_bytes())?;
+        self.regenerate_locked()
+    }
+
     /// Rebuilds the aggregates from the result files (e.g. after editing one by hand).
     pub fn regenerate(&self) -> Result<()> {
         let _lock = self.lock()?;
@@ -717,6 +740,8 @@ impl Report {
             self.markdown_path(),
             self.summary_path(),
             self.dir.join(RUN),
+            self.dir.join(FIDELITY_MD),
+            self.dir.join(FIDELITY_JSON),
         ] {
             match std::fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&path)(e)),
@@ -799,7 +824,8 @@ impl Report {
                 }
             },
         };
-        let index = Index::build(results, warnings).with_run(run);
+        let mut index = Index::build(results, warnings).with_run(run);
+        index.fidelity = std::fs::read_to_string(self.dir.join(FIDELITY_MD)).ok();
         let index_path = self.index_path();
         let json = serde_json::to_vec_pretty(&index).map_err(|source| ReportError::Json {
             path: index_path.clone(),

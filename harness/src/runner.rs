@@ -240,10 +240,133 @@ async fn exercise(case: &Case, chain: &Chain) -> Result<(Vec<String>, Value)> {
     if let Some(ca) = &s.expect.ca {
         failures.extend(ca_checks::check(chain, ca).await?);
     }
+    let mut evidence = evidence;
+    if !s.expect.replayed_by.is_empty() {
+        let (unmet, replays) = replay(chain, &records, &s.expect.replayed_by).await?;
+        failures.extend(unmet);
+        evidence["replays"] = replays;
+    }
     if let Some(neighbour) = neighbour {
         neighbour.let_go().await?;
     }
     Ok((failures, evidence))
+}
+
+/// Headers a client writes itself, or that belong to one hop: not replayed.
+const NOT_REPLAYED: [&str; 9] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "upgrade",
+    "proxy-connection",
+    "proxy-authorization",
+];
+
+/// `replayed_by`: each request the upstream received, sent again by each client over each
+/// protocol it speaks; each must reach the upstream once with the same method, path and body.
+async fn replay(
+    chain: &Chain,
+    records: &[Value],
+    clients: &[scenario::Client],
+) -> Result<(Vec<String>, Value)> {
+    use base64::Engine;
+    let originals: Vec<Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "request")
+        .cloned()
+        .collect();
+    let mut failures = Vec::new();
+    let mut evidence = Vec::new();
+    if originals.is_empty() {
+        failures.push("replayed_by: the upstream received no request to replay".to_string());
+    }
+    for original in &originals {
+        let method = original["method"].as_str().unwrap_or("GET");
+        let path = original["path"].as_str().unwrap_or("/");
+        let body = match (original["body"].as_str(), original["body_base64"].as_str()) {
+            (Some(text), _) => text.as_bytes().to_vec(),
+            (None, Some(b64)) => base64::engine::general_purpose::STANDARD.decode(b64)?,
+            _ if original["body_len"] == 0 => Vec::new(),
+            _ => {
+                failures.push(format!(
+                    "replayed_by: {method} {path} has a body of {} bytes, past what the \
+                     upstream records whole",
+                    original["body_len"]
+                ));
+                continue;
+            }
+        };
+        let url = format!(
+            "https://{}{path}",
+            original["authority"].as_str().unwrap_or_default()
+        );
+        let mut request = ProbeRequest::new(method, &url);
+        request.headers = original["headers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|h| Some((h[0].as_str()?.to_string(), h[1].as_str()?.to_string())))
+            .filter(|(name, _)| {
+                !name.starts_with(':')
+                    && !NOT_REPLAYED.contains(&name.to_ascii_lowercase().as_str())
+            })
+            .collect();
+        request.body = (!body.is_empty() || method != "GET").then_some(body);
+        request.timeout = Duration::from_secs(60);
+        for &client in clients {
+            for protocol in probe::Protocol::ALL {
+                if !client.supports(protocol) {
+                    continue;
+                }
+                let before = chain.upstream_records().await?.len();
+                let result = probe::run(
+                    chain.docker(),
+                    chain.id(Role::Agent),
+                    client,
+                    protocol,
+                    &request,
+                )
+                .await?;
+                let after = chain.upstream_records().await?;
+                let received: Vec<&Value> = after
+                    .iter()
+                    .skip(before)
+                    .filter(|r| r["kind"] == "request")
+                    .collect();
+                let same = |r: &Value| {
+                    r["method"] == original["method"]
+                        && r["path"] == original["path"]
+                        && r["body_sha256"] == original["body_sha256"]
+                };
+                let ok = matches!(received.as_slice(), [one] if same(one));
+                if !ok {
+                    failures.push(format!(
+                        "{method} {path} replayed by {client} over {protocol}: status {:?} \
+                         ({}), {} request(s) reached the upstream, {}",
+                        result.status,
+                        result.error.as_deref().unwrap_or("no error"),
+                        received.len(),
+                        match received.first() {
+                            Some(r) if !same(r) => "not the same method, path and body",
+                            _ => "as sent",
+                        }
+                    ));
+                }
+                evidence.push(json!({
+                    "request": format!("{method} {path}"),
+                    "client": client.as_str(),
+                    "protocol": protocol.as_str(),
+                    "status": result.status,
+                    "upstream_requests": received.len(),
+                    "same": ok,
+                }));
+            }
+        }
+    }
+    Ok((failures, Value::Array(evidence)))
 }
 
 /// How long the host listener goes on listening once the client is done: a datagram or a

@@ -695,6 +695,11 @@ pub struct Expect {
     /// The upstream received the request as the client sent it: method, path and body.
     #[serde(default)]
     pub upstream_receives_request: bool,
+    /// Every request the upstream received in this case (say, Claude Code's own) is sent again
+    /// by each of these clients over each protocol it speaks, through the same bottle: each
+    /// must reach the upstream once with the same method, path and body.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replayed_by: Vec<Client>,
     /// Subset match, names case-insensitive.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
@@ -1052,6 +1057,12 @@ fn validate(s: &Scenario) -> Vec<String> {
                 "request.agent_traffic: the {client} client cannot send a conversation"
             ));
         }
+    }
+    let senders = [Client::Curl, Client::Node, Client::Python];
+    if let Some(client) = s.expect.replayed_by.iter().find(|c| !senders.contains(c)) {
+        problems.push(format!(
+            "expect.replayed_by: the {client} client cannot replay a request"
+        ));
     }
     if let Some(up) = &s.upstream {
         if up.routes.is_empty() {

@@ -584,13 +584,13 @@ async fn mitm_version(docker: &Docker, image: &str) -> Result<String> {
 
 /// A container made for one question and removed after it (labelled, so a crash leaves nothing
 /// the next run's sweep would not remove).
-struct Throwaway<'a> {
+pub(crate) struct Throwaway<'a> {
     docker: &'a Docker,
-    id: String,
+    pub(crate) id: String,
 }
 
 impl<'a> Throwaway<'a> {
-    async fn create(
+    pub(crate) async fn create(
         docker: &'a Docker,
         what: &str,
         mut body: ContainerCreateBody,
@@ -612,7 +612,7 @@ impl<'a> Throwaway<'a> {
         Ok(Throwaway { docker, id })
     }
 
-    async fn start(&self) -> Result<()> {
+    pub(crate) async fn start(&self) -> Result<()> {
         self.docker
             .start_container(&self.id, None)
             .await
@@ -620,7 +620,7 @@ impl<'a> Throwaway<'a> {
     }
 
     /// Starts it and waits for its end; its stdout and stderr. A non-zero exit is an error.
-    async fn run_to_end(&self, bound: Duration) -> Result<(String, String)> {
+    pub(crate) async fn run_to_end(&self, bound: Duration) -> Result<(String, String)> {
         self.start().await?;
         let mut wait = self.docker.wait_container(&self.id, None);
         let code = match tokio::time::timeout(bound, wait.next()).await {
@@ -641,7 +641,7 @@ impl<'a> Throwaway<'a> {
         Ok((stdout, stderr))
     }
 
-    async fn streams(&self) -> Result<(String, String)> {
+    pub(crate) async fn streams(&self) -> Result<(String, String)> {
         let options = LogsOptionsBuilder::new().stdout(true).stderr(true).build();
         let mut logs = self.docker.logs(&self.id, Some(options));
         let (mut stdout, mut stderr) = (String::new(), String::new());
@@ -660,12 +660,12 @@ impl<'a> Throwaway<'a> {
         Ok((stdout, stderr))
     }
 
-    async fn output(&self) -> Result<String> {
+    pub(crate) async fn output(&self) -> Result<String> {
         let (stdout, stderr) = self.streams().await?;
         Ok(format!("{stdout}{stderr}"))
     }
 
-    async fn remove(self) {
+    pub(crate) async fn remove(self) {
         let _ = self
             .docker
             .remove_container(
