@@ -642,6 +642,21 @@ class BottleAddon:
             self._pinned[server.id] = server.address
             server.address = (addresses[0], port)
 
+    def tls_start_client(self, data: tls.TlsData) -> None:
+        # The agent's ALPN, chosen as the API's servers choose it: h2 whenever offered. With no
+        # upstream connection yet (connection_strategy=lazy), mitmproxy would take the agent's
+        # first offer, and httpx (the Anthropic SDK's client) lists http/1.1 before h2: it would
+        # never get h2 through a bottle. A client ALPN set here is what mitmproxy's own choice
+        # (tlsconfig, which runs after this script) selects.
+        client = data.conn
+        if (
+            client is data.context.client
+            and client.alpn is None
+            and data.context.options.http2
+            and b"h2" in client.alpn_offers
+        ):
+            client.alpn = b"h2"
+
     def tls_start_server(self, data: tls.TlsData) -> None:
         # The ALPN offers are the chain's, from a fixed list: mitmproxy would copy the agent's
         # offers (any strings) into its own ClientHello. h2 is offered only to an agent that

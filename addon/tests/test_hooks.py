@@ -753,3 +753,32 @@ def bottle_options() -> Any:
     from mitmproxy import options
 
     return options.Options()
+
+
+@pytest.mark.parametrize(
+    ("offers", "http2", "chosen"),
+    [
+        # httpx lists http/1.1 first: the agent still gets h2, as from the API's servers.
+        ([b"http/1.1", b"h2"], True, b"h2"),
+        ([b"h2", b"http/1.1"], True, b"h2"),
+        # mitmproxy's own choice otherwise: no h2 offered, or h2 turned off.
+        ([b"http/1.1"], True, None),
+        ([b"http/1.1", b"h2"], False, None),
+        ([], True, None),
+    ],
+)
+def test_the_agent_gets_h2_whenever_it_offers_it(
+    addon: tuple[hooks.BottleAddon, Path], offers: list[bytes], http2: bool, chosen: bytes | None
+) -> None:
+    from mitmproxy import tls as mtls
+    from mitmproxy.proxy import context as mcontext
+
+    bottle, _ = addon
+    client = tflow.tclient_conn()
+    client.alpn = None
+    client.alpn_offers = offers
+    opts = bottle_options()
+    opts.http2 = http2
+    data = mtls.TlsData(conn=client, context=mcontext.Context(client, opts))
+    bottle.tls_start_client(data)
+    assert client.alpn == chosen

@@ -11,6 +11,7 @@
 //! - **node**: `probe.js` opens the CONNECT tunnel itself (Node's `https`/`http2` ignore
 //!   `HTTPS_PROXY`), then TLS with ALPN, then `https.request` or `http2.connect` over it.
 //! - **python**: `probe.py`, urllib, h1 only.
+//! - **httpx**: `probe-httpx.py`, httpx as Python agents use it (the Anthropic SDK), h1 or h2.
 //! - **raw**: `probe-raw.py`, what a malicious agent would send instead of an HTTP client: a
 //!   CONNECT to the URL's host and port, then TLS with the ALPN it chooses (or none), then the
 //!   bytes it chooses (the body, or a DNS query); it reports the CONNECT's answer, or what came
@@ -44,6 +45,8 @@ pub enum Client {
     Curl,
     Node,
     Python,
+    /// httpx, the client of Python agents (the Anthropic SDK), h1 and h2; named by scenarios.
+    Httpx,
     /// The real Claude Code (`claude -p`), in the Claude agent image.
     Claude,
     /// Raw bytes through a CONNECT tunnel (the request's `raw` options); h1 only.
@@ -58,10 +61,11 @@ impl Client {
     /// The HTTP clients: what a scenario runs when it names none.
     pub const ALL: [Client; 3] = [Client::Curl, Client::Node, Client::Python];
     /// Every client, Claude Code included (scenarios name it explicitly).
-    pub const EVERY: [Client; 7] = [
+    pub const EVERY: [Client; 8] = [
         Client::Curl,
         Client::Node,
         Client::Python,
+        Client::Httpx,
         Client::Claude,
         Client::Raw,
         Client::Inspect,
@@ -73,6 +77,7 @@ impl Client {
             Client::Curl => "curl",
             Client::Node => "node",
             Client::Python => "python",
+            Client::Httpx => "httpx",
             Client::Claude => "claude",
             Client::Raw => "raw",
             Client::Inspect => "inspect",
@@ -236,7 +241,10 @@ impl ProbeRequest {
     /// realistic bodies.
     fn stdin_body(&self, client: Client) -> Option<&[u8]> {
         let body = self.body.as_deref()?;
-        let reads_stdin = matches!(client, Client::Curl | Client::Node | Client::Python);
+        let reads_stdin = matches!(
+            client,
+            Client::Curl | Client::Node | Client::Python | Client::Httpx
+        );
         (reads_stdin && body.len() > STDIN_BODY_ABOVE).then_some(body)
     }
 
@@ -414,6 +422,7 @@ fn command(client: Client, spec: &str, env: &[(String, Option<String>)]) -> Vec<
         Client::Curl => cmd.extend(["python3".into(), format!("{PROBE_DIR}/probe-curl.py")]),
         Client::Node => cmd.extend(["node".into(), format!("{PROBE_DIR}/probe.js")]),
         Client::Python => cmd.extend(["python3".into(), format!("{PROBE_DIR}/probe.py")]),
+        Client::Httpx => cmd.extend(["python3".into(), format!("{PROBE_DIR}/probe-httpx.py")]),
         Client::Claude => cmd.extend(["python3".into(), format!("{PROBE_DIR}/probe-claude.py")]),
         Client::Raw => cmd.extend(["python3".into(), format!("{PROBE_DIR}/probe-raw.py")]),
         Client::Inspect => cmd.extend(["python3".into(), format!("{PROBE_DIR}/probe-inspect.py")]),

@@ -1031,7 +1031,7 @@ fn validate(s: &Scenario) -> Vec<String> {
         if request.body.is_none() && request.body_base64.is_none() {
             problems.push("request.body_repeat repeats a body: give one".into());
         }
-        let repeating = [Client::Curl, Client::Node, Client::Python];
+        let repeating = [Client::Curl, Client::Node, Client::Python, Client::Httpx];
         if let Some(client) = s.clients.iter().find(|c| !repeating.contains(c)) {
             problems.push(format!(
                 "request.body_repeat: the {client} client cannot repeat a body"
@@ -1051,14 +1051,14 @@ fn validate(s: &Scenario) -> Vec<String> {
         if traffic.secret.is_some() != traffic.plant_in.is_some() {
             problems.push("request.agent_traffic: give secret and plant_in together".into());
         }
-        let senders = [Client::Curl, Client::Node, Client::Python];
+        let senders = [Client::Curl, Client::Node, Client::Python, Client::Httpx];
         if let Some(client) = s.clients.iter().find(|c| !senders.contains(c)) {
             problems.push(format!(
                 "request.agent_traffic: the {client} client cannot send a conversation"
             ));
         }
     }
-    let senders = [Client::Curl, Client::Node, Client::Python];
+    let senders = [Client::Curl, Client::Node, Client::Python, Client::Httpx];
     if let Some(client) = s.expect.replayed_by.iter().find(|c| !senders.contains(c)) {
         problems.push(format!(
             "expect.replayed_by: the {client} client cannot replay a request"

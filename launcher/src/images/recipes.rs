@@ -141,6 +141,10 @@ const AGENT_PROBES: &[(&str, &[u8])] = &[
         recipe_bytes!("agent/probes/probe-raw.py"),
     ),
     (
+        "probes/probe-httpx.py",
+        recipe_bytes!("agent/probes/probe-httpx.py"),
+    ),
+    (
         "probes/probe-inspect.py",
         recipe_bytes!("agent/probes/probe-inspect.py"),
     ),
