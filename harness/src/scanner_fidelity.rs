@@ -246,15 +246,7 @@ async fn answers_of(
             .collect();
         // Events are written before the answer; give the last ones a moment all the same.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let log = scanner.output().await?;
-        let events: Vec<serde_json::Value> = log
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        let mut by_row = fidelity::events_by_row(&events);
-        for answer in &mut answers {
-            answer.events = by_row.remove(&answer.id).unwrap_or_default();
-        }
+        fidelity::join_log_events(&mut answers, &scanner.output().await?);
         Ok::<_, anyhow::Error>(answers)
     }
     .await;
