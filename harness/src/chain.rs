@@ -76,6 +76,10 @@ pub struct ChainOptions {
     pub scanner_fake: Option<ScannerFake>,
     /// The case does things to the bottle (faults, load) or measures it: its own, never pooled.
     pub own_bottle: bool,
+    /// No allowlist: the scanner without strict mode (PARITY).
+    pub any_host: bool,
+    /// More names the upstream answers for, besides [`UPSTREAM_HOSTS`] (a corpus's hosts).
+    pub upstream_hosts: Vec<String>,
 }
 
 impl ChainOptions {
@@ -88,6 +92,8 @@ impl ChainOptions {
             && !self.verdict_stub_allow
             && self.scanner_fake.is_none()
             && !self.own_bottle
+            && !self.any_host
+            && self.upstream_hosts.is_empty()
     }
 
     /// The pool bottles with exactly these options share this key: `default`, or a hash of
@@ -103,10 +109,17 @@ impl ChainOptions {
         if self.is_default() {
             return Some(crate::pool::DEFAULT_KEY.to_string());
         }
-        let described = format!(
+        let mut described = format!(
             "claude={:?} env={:?} credentials={:?}",
             self.claude, self.agent_env, self.credentials
         );
+        // Keys of bottles with neither stay as they were.
+        if self.any_host || !self.upstream_hosts.is_empty() {
+            described += &format!(
+                " any_host={} hosts={:?}",
+                self.any_host, self.upstream_hosts
+            );
+        }
         Some(hex::encode(&Sha256::digest(described.as_bytes())[..6]))
     }
 }
@@ -213,6 +226,7 @@ fn spec(
         egress: EgressSpec {
             network: Some(internet.to_string()),
             allowlist: internet_hosts().into_iter().map(String::from).collect(),
+            any_host: options.any_host,
             // The stand-in root, trusted besides the system roots: the path a corporate
             // proxy's CA takes.
             upstream_ca: Some(UpstreamCa {
@@ -286,7 +300,14 @@ impl Chain {
             name: Some(name.clone()),
         };
         let (upstream, running) = tokio::try_join!(
-            start_upstream(docker, images, &internet.name, &upstream_name, &root),
+            start_upstream(
+                docker,
+                images,
+                &internet.name,
+                &upstream_name,
+                &root,
+                &options.upstream_hosts
+            ),
             async {
                 executor::start(docker, &plan, &start_options)
                     .await
@@ -572,6 +593,7 @@ async fn start_upstream(
     internet: &str,
     name: &str,
     root: &TestRoot,
+    more_hosts: &[String],
 ) -> Result<ContainerAsync<GenericImage>> {
     let mut args = vec![
         "serve".to_string(),
@@ -580,8 +602,13 @@ async fn start_upstream(
         "--root-ca-key".into(),
         "/etc/bottle-upstream/root.key".into(),
     ];
-    for host in UPSTREAM_HOSTS {
-        args.extend(["--host".into(), host.into()]);
+    let more_hosts = more_hosts
+        .iter()
+        .map(String::as_str)
+        .filter(|h| !internet_hosts().contains(h));
+    let hosts: Vec<&str> = UPSTREAM_HOSTS.into_iter().chain(more_hosts).collect();
+    for host in &hosts {
+        args.extend(["--host".into(), host.to_string()]);
     }
     for (host, mode) in UNTRUSTED_HOSTS {
         args.extend(["--host".into(), format!("{host}={mode}")]);
@@ -607,7 +634,11 @@ async fn start_upstream(
         .start()
         .await
         .context("starting the upstream fixture")?;
-    network::connect(docker, internet, name, &internet_hosts()).await?;
+    let aliases: Vec<&str> = internet_hosts()
+        .into_iter()
+        .chain(hosts.into_iter().skip(UPSTREAM_HOSTS.len()))
+        .collect();
+    network::connect(docker, internet, name, &aliases).await?;
     Ok(upstream)
 }
 

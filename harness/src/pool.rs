@@ -209,7 +209,7 @@ async fn bring_up_other_options(
     dir: &Path,
     chains: &std::sync::Mutex<Vec<Chain>>,
 ) {
-    let scenarios = match scenario::load_dir(scenario::default_dir()) {
+    let scenarios = match scenario::load_all() {
         Ok(scenarios) => scenarios,
         Err(e) => {
             eprintln!("[bottle] pool: no bottles for other options: {e}");

@@ -118,6 +118,9 @@ pub struct CaseResult {
     pub class: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub technique: Option<String>,
+    /// PARITY: the corpus case (the report groups by its category).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corpus: Option<crate::corpus::CorpusInfo>,
     pub outcome: Outcome,
     /// Required for anything but PASS (why it failed, is unimplemented, does not apply).
     pub reason: Option<String>,
@@ -144,6 +147,7 @@ impl CaseResult {
             name: case.name(),
             class: case.scenario.class.clone(),
             technique: case.scenario.technique.clone(),
+            corpus: case.scenario.corpus.clone(),
             outcome,
             reason,
             duration_ms: 0,
@@ -532,6 +536,7 @@ impl Index {
         let _ = writeln!(out, "\nAn empty cell: that case did not run in this run.\n");
 
         let _ = writeln!(out, "{}", self.bypass_by_class());
+        let _ = writeln!(out, "{}", crate::parity::report_section(&self.results));
         let _ = writeln!(out, "{}", self.load_figures());
         if let Some(fidelity) = &self.fidelity {
             let _ = writeln!(out, "{fidelity}");
@@ -579,11 +584,11 @@ fn or_none(s: &str) -> &str {
 }
 
 /// Text safe inside a Markdown table cell or list item: one line, `|` escaped.
-fn cell(s: &str) -> String {
+pub(crate) fn cell(s: &str) -> String {
     s.replace('\r', "").replace('\n', " ").replace('|', "\\|")
 }
 
-fn one_line(s: &str, max_chars: usize) -> String {
+pub(crate) fn one_line(s: &str, max_chars: usize) -> String {
     cut_chars(&s.replace(['\r', '\n'], " "), max_chars)
 }
 

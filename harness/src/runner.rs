@@ -37,6 +37,8 @@ pub fn options_for(case: &Case) -> ChainOptions {
         addon_dir: None,
         verdict_stub_allow: false,
         scanner_fake: bottle.scanner_fake,
+        any_host: bottle.any_host,
+        upstream_hosts: bottle.upstream_hosts,
         // Faults break a bottle; a load's peak memory must be its own.
         own_bottle: !case.scenario.faults.is_empty()
             || case
@@ -49,11 +51,10 @@ pub fn options_for(case: &Case) -> ChainOptions {
 
 /// Runs `case` on a bottle the caller brought up (reset first): one bottle for many cases, as
 /// a negative control does with a bottle whose options no pooled bottle has. Ok carries the
-/// unmet expectations (empty: PASS).
-pub async fn execute_on(case: &Case, chain: &mut Chain) -> Result<Vec<String>> {
+/// unmet expectations (empty: PASS) and the evidence.
+pub async fn execute_on(case: &Case, chain: &mut Chain) -> Result<(Vec<String>, Value)> {
     chain.reset().await?;
-    let (failures, _) = exercise(case, chain).await?;
-    Ok(failures)
+    exercise(case, chain).await
 }
 
 /// The images by role, and the scanner that ran.
@@ -245,6 +246,12 @@ async fn exercise(case: &Case, chain: &Chain) -> Result<(Vec<String>, Value)> {
         let (unmet, replays) = replay(chain, &records, &s.expect.replayed_by).await?;
         failures.extend(unmet);
         evidence["replays"] = replays;
+    }
+    if s.expect.parity {
+        let (unmet, parity) =
+            crate::parity::check(chain, s, request, &result, decision.as_ref()).await?;
+        failures.extend(unmet);
+        evidence["parity"] = parity;
     }
     if let Some(neighbour) = neighbour {
         neighbour.let_go().await?;

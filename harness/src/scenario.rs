@@ -21,6 +21,29 @@ pub fn default_dir() -> PathBuf {
     crate::fixture_bins::workspace_root().join("scenarios")
 }
 
+/// Every scenario of the run: the files of [`default_dir`], then one PARITY scenario per case
+/// of each corpus (`corpus::dirs`: the shared corpus and `BOTTLE_CORPUS`).
+pub fn load_all() -> Result<Vec<Scenario>, ScenarioError> {
+    let mut scenarios = load_dir(default_dir())?;
+    let parity =
+        crate::corpus::scenarios(&crate::corpus::dirs()).map_err(|e| ScenarioError::Invalid {
+            path: crate::corpus::default_dir(),
+            id: "PARITY".into(),
+            problem: format!("{e:#}"),
+        })?;
+    for s in parity {
+        if let Some(first) = scenarios.iter().find(|o| o.id == s.id) {
+            return Err(ScenarioError::Duplicate {
+                id: s.id.clone(),
+                first: first.source.clone(),
+                second: s.source.clone(),
+            });
+        }
+        scenarios.push(s);
+    }
+    Ok(scenarios)
+}
+
 // --- the vocabulary ------------------------------------------------------------------------------
 
 /// The scenario families: the `FAMILY` of `FAMILY-NNN`.
@@ -224,6 +247,13 @@ pub struct Scenario {
     /// Reported UNIMPLEMENTED with this reason, never run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unimplemented: Option<String>,
+    /// Reported NOT-APPLICABLE with this reason, never run (a corpus case that is no HTTP
+    /// request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_applicable: Option<String>,
+    /// PARITY: the corpus case this scenario was made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corpus: Option<crate::corpus::CorpusInfo>,
     /// Required unless the scenario is unimplemented.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<Request>,
@@ -254,6 +284,12 @@ pub struct BottleOptions {
     /// A scanner that answers these bytes to every request stands in the scanner's place.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scanner_fake: Option<ScannerFake>,
+    /// No allowlist: the scanner runs without strict mode (`[egress] any_host`), PARITY.
+    #[serde(default)]
+    pub any_host: bool,
+    /// More names the test internet's upstream answers for (a corpus's hosts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstream_hosts: Vec<String>,
 }
 
 /// `[scenario.bottle.scanner_fake]`: the fixtures' `scanner-fake` in the scanner's place. It reads
@@ -736,6 +772,11 @@ pub struct Expect {
     pub stream: Option<StreamExpect>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<CaExpect>,
+    /// P10: the chain's verdict (the decision record; the client's status and body when
+    /// blocked) equals the scanner's on the same request sent to it in plaintext, as the addon
+    /// asks (`runner::parity`).
+    #[serde(default)]
+    pub parity: bool,
 }
 
 /// `[scenario.expect.ca]` (P8): what must hold of the bottle's mitmproxy CA key and certificate.
@@ -946,8 +987,19 @@ impl ScenarioError {
     }
 }
 
-/// `FAMILY-NNN` → the family, or why the id is not one.
+/// `FAMILY-NNN` → the family, or why the id is not one. PARITY ids name their corpus case:
+/// `PARITY-<case id>` (letters, digits, `-`, `_`, `.`).
 fn parse_id(id: &str) -> Result<Family, String> {
+    if let Some(case) = id.strip_prefix("PARITY-") {
+        let slug = |b: u8| b.is_ascii_alphanumeric() || b"-_.".contains(&b);
+        return match !case.is_empty() && case.bytes().all(slug) {
+            true => Ok(Family::Parity),
+            false => Err(format!(
+                "id {id:?}: a PARITY id is PARITY-<case id>, the case id of letters, digits, \
+                 '-', '_' and '.'"
+            )),
+        };
+    }
     let families = || {
         Family::ALL
             .iter()
@@ -974,7 +1026,7 @@ fn parse_id(id: &str) -> Result<Family, String> {
 }
 
 /// Every problem with one scenario (empty: valid).
-fn validate(s: &Scenario) -> Vec<String> {
+pub(crate) fn validate(s: &Scenario) -> Vec<String> {
     let mut problems = Vec::new();
     if let Err(e) = parse_id(&s.id) {
         problems.push(e);
@@ -1102,10 +1154,11 @@ fn validate(s: &Scenario) -> Vec<String> {
                 .into(),
         ),
         // Claude Code and the inspect probe have no status to expect: what they print
-        // (body_contains) is their outcome.
+        // (body_contains) is their outcome. PARITY's outcome is the scanner's own answer.
         (None, false)
             if s.request.is_some()
                 && s.unimplemented.is_none()
+                && !e.parity
                 && (!matches!(s.clients.as_slice(), [Client::Claude | Client::Inspect])
                     || e.body_contains.is_empty()) =>
         {
@@ -1366,7 +1419,10 @@ pub fn expand(scenarios: &[Scenario]) -> Vec<Case> {
                     scenario: scenario.clone(),
                     client,
                     protocol,
-                    not_applicable: client.cannot_speak(protocol).map(String::from),
+                    not_applicable: s
+                        .not_applicable
+                        .clone()
+                        .or_else(|| client.cannot_speak(protocol).map(String::from)),
                 });
             }
         }

@@ -43,6 +43,7 @@ fn test_plan(images: &TestImages, name: &str, egress: &str) -> BottlePlan {
         egress: EgressSpec {
             network: Some(egress.into()),
             allowlist: vec!["example.com".into()],
+            any_host: false,
             upstream_ca: None,
             ssrf_allow: vec![],
         },

@@ -348,7 +348,7 @@ async fn run_on_one_bottle(
             break;
         }
         match runner::execute_on(case, &mut chain).await {
-            Ok(failures) => {
+            Ok((failures, _)) => {
                 outcomes.insert(case.name(), failures);
             }
             Err(e) => {
@@ -442,4 +442,72 @@ async fn the_load_lane_fails_when_the_addon_allows_everything() -> Result<()> {
         "requests with the secret got pipelock's 403",
     )
     .await
+}
+
+/// Relays every block of the scanner with its text altered.
+const ALTERS_THE_BLOCK_TEXT: &str = "\
+import dataclasses as _dc
+from bottle_addon import verdict as _verdict
+_read_answer = _verdict.read_answer
+def _altered(answer):
+    found = _read_answer(answer)
+    if found.kind is _verdict.Kind.BLOCK:
+        return _dc.replace(found, body=found.body + b' (altered)')
+    return found
+_verdict.read_answer = _altered
+";
+
+/// PARITY's negative controls: every corpus case (curl, h1) on a bottle whose addon allows
+/// every request without asking the scanner, then on one whose addon alters the scanner's block
+/// text. Each case the scanner blocks in plaintext must FAIL on both, on its parity check; the
+/// cases it allows agree on both (nothing else makes them fail).
+#[tokio::test]
+async fn parity_fails_when_the_chain_decides_or_answers_otherwise_than_the_scanner() -> Result<()> {
+    let scenarios = scenario::load_all()?;
+    let cases: Vec<Case> = scenario::expand(&scenarios)
+        .into_iter()
+        .filter(|c| c.scenario.expect.parity && c.client == Client::Curl)
+        .filter(|c| c.protocol == Protocol::H1 && c.settled(true).is_none())
+        .collect();
+    ensure!(cases.len() >= 10, "only {} PARITY cases", cases.len());
+    let stubbed = ChainOptions {
+        verdict_stub_allow: true,
+        ..runner::options_for(&cases[0])
+    };
+    let broken = broken_addon(ALTERS_THE_BLOCK_TEXT)?;
+    let altered = ChainOptions {
+        addon_dir: Some(broken.path().to_path_buf()),
+        ..runner::options_for(&cases[0])
+    };
+    let mut failed_on = Vec::new();
+    for (options, what) in [(stubbed, "the verdict"), (altered, "block text")] {
+        let outcomes = run_on_one_bottle(&cases, options, None).await?;
+        let failed: Vec<&String> = outcomes
+            .iter()
+            .filter(|(_, f)| !f.is_empty())
+            .map(|(name, _)| name)
+            .collect();
+        eprintln!(
+            "{what}: {} of {} PARITY cases failed",
+            failed.len(),
+            outcomes.len()
+        );
+        for (name, failures) in &outcomes {
+            ensure!(
+                failures.iter().all(|f| f.starts_with("parity: ")),
+                "{name} failed on something else than parity ({what}): {failures:?}"
+            );
+        }
+        ensure!(
+            failed.len() >= 5,
+            "only {} PARITY cases failed when the chain changed {what}: {outcomes:#?}",
+            failed.len()
+        );
+        failed_on.push(failed.into_iter().cloned().collect::<Vec<_>>());
+    }
+    ensure!(
+        failed_on[0] == failed_on[1],
+        "the cases the scanner blocks fail under both controls: {failed_on:?}"
+    );
+    Ok(())
 }

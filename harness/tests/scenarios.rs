@@ -17,7 +17,7 @@ use serde_json::Value;
 
 fn main() -> ExitCode {
     let args = Arguments::from_args();
-    let scenarios = match scenario::load_dir(scenario::default_dir()) {
+    let scenarios = match scenario::load_all() {
         Ok(scenarios) => scenarios,
         Err(e) => {
             eprintln!("the scenarios cannot be loaded: {e}");

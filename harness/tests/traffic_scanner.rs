@@ -29,7 +29,7 @@ async fn start(yaml: &str) -> server::Running {
 }
 
 fn launcher_config() -> String {
-    bottle::plan::pipelock_config(&["api.anthropic.com".into()])
+    bottle::plan::pipelock_config(Some(&["api.anthropic.com".into()]))
 }
 
 async fn judge(scanner: &server::Running, traffic: &Traffic) -> Answer {

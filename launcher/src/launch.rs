@@ -262,6 +262,7 @@ pub fn spec(
         egress: EgressSpec {
             network: manifest.egress_network.clone(),
             allowlist: manifest.allowlist.clone(),
+            any_host: manifest.any_host,
             upstream_ca: resolved.upstream_ca,
             ssrf_allow: vec![],
         },

@@ -46,6 +46,8 @@ pub struct Manifest {
     pub pass_env: Vec<String>,
     /// [`DEFAULT_ALLOWLIST`] when the manifest names none.
     pub allowlist: Vec<String>,
+    /// `[egress] any_host = true`: no allowlist, pipelock judges content only.
+    pub any_host: bool,
     /// Resolved against the manifest's folder.
     pub upstream_ca: Option<PathBuf>,
     /// An existing Docker network for mitmproxy's egress, instead of one the bottle makes.
@@ -109,6 +111,7 @@ impl Manifest {
             env: BTreeMap::new(),
             pass_env: Vec::new(),
             allowlist: DEFAULT_ALLOWLIST.map(String::from).to_vec(),
+            any_host: false,
             upstream_ca: None,
             egress_network: None,
             credentials: Vec::new(),
@@ -252,6 +255,18 @@ impl Manifest {
         }
 
         let egress = raw.egress.unwrap_or_default();
+        if let Some(any_host) = egress.any_host {
+            if *any_host.get_ref() && egress.allowlist.is_some() {
+                return Err(at.err(
+                    any_host.span(),
+                    "egress.any_host = true and egress.allowlist are both set: with any host \
+                     allowed, pipelock ignores the allowlist",
+                    "remove one of them: any_host (safer: only the allowlist's hosts are reachable) or \
+                     the allowlist",
+                ));
+            }
+            manifest.any_host = any_host.into_inner();
+        }
         if let Some(allowlist) = egress.allowlist {
             if allowlist.get_ref().is_empty() {
                 return Err(at.err(
@@ -567,6 +582,7 @@ struct RawAgent {
 #[serde(deny_unknown_fields, expecting = "an [egress] table")]
 struct RawEgress {
     allowlist: Option<Spanned<Vec<Spanned<String>>>>,
+    any_host: Option<Spanned<bool>>,
     upstream_ca: Option<Spanned<String>>,
     network: Option<Spanned<String>>,
 }
@@ -738,7 +754,7 @@ env = "TOKEN"
         assert_error(
             "[egress]\nallow = []",
             2,
-            "`allowlist`, `upstream_ca`, `network`",
+            "`allowlist`, `any_host`, `upstream_ca`, `network`",
         );
         assert_error(
             "[egress]\nnetwork = \"\"",
@@ -775,6 +791,18 @@ env = "TOKEN"
                 "1-40 characters a-z, 0-9 and '-'",
             );
         }
+    }
+
+    #[test]
+    fn any_host_turns_the_allowlist_off_and_refuses_one_beside_it() {
+        let m = parse("[egress]\nany_host = true").unwrap();
+        assert!(m.any_host);
+        assert!(!parse("").unwrap().any_host);
+        assert_error(
+            "[egress]\nany_host = true\nallowlist = [\"a.com\"]",
+            2,
+            "remove one of them",
+        );
     }
 
     #[test]

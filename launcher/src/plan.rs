@@ -176,6 +176,9 @@ pub struct EgressSpec {
     pub network: Option<String>,
     /// The hosts the agent may reach (pipelock's `api_allowlist`, strict mode).
     pub allowlist: Vec<String>,
+    /// No allowlist: pipelock runs without strict mode (its `balanced` mode) and judges every
+    /// request's content whatever its host; `allowlist` is then unused. For agents that browse.
+    pub any_host: bool,
     /// A CA that upstream certificates may also chain to (a TLS-intercepting corporate proxy's,
     /// or the test suite's stand-in root), trusted *besides* the system roots. Never
     /// `ssl_insecure`.
@@ -430,6 +433,9 @@ pub struct MitmStatus {
 pub struct EgressStatus {
     pub mitm: MitmStatus,
     pub allowlist: Vec<String>,
+    /// Every host is reachable; pipelock judges the content only.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub any_host: bool,
     pub upstream_ca: Option<UpstreamCa>,
 }
 
@@ -519,7 +525,7 @@ pub fn plan(spec: &BottleSpec) -> Result<BottlePlan, PlanError> {
     if !valid_name(&spec.name) {
         return Err(PlanError::BadName(spec.name.clone()));
     }
-    if spec.egress.allowlist.is_empty() {
+    if spec.egress.allowlist.is_empty() && !spec.egress.any_host {
         return Err(PlanError::EmptyAllowlist);
     }
     if let Some(bad) = spec
@@ -579,7 +585,9 @@ pub fn plan(spec: &BottleSpec) -> Result<BottlePlan, PlanError> {
     let mut scanner_env = BTreeMap::new();
     let mut scanner_files = vec![FilePlan {
         path: SCANNER_CONFIG.into(),
-        contents: FileContents::Text(pipelock_config(&spec.egress.allowlist)),
+        contents: FileContents::Text(pipelock_config(
+            (!spec.egress.any_host).then_some(spec.egress.allowlist.as_slice()),
+        )),
         mode: 0o644,
     }];
     if let Some(ca) = &spec.egress.upstream_ca {
@@ -811,7 +819,11 @@ pub fn plan(spec: &BottleSpec) -> Result<BottlePlan, PlanError> {
                 enabled: true,
                 ca_fingerprint: None,
             },
-            allowlist: spec.egress.allowlist.clone(),
+            allowlist: match spec.egress.any_host {
+                true => Vec::new(),
+                false => spec.egress.allowlist.clone(),
+            },
+            any_host: spec.egress.any_host,
             upstream_ca: spec.egress.upstream_ca.clone(),
         },
         secret_env,
@@ -819,23 +831,26 @@ pub fn plan(spec: &BottleSpec) -> Result<BottlePlan, PlanError> {
 }
 
 /// The scanner's config: pipelock's forward proxy with request body and header DLP blocking, and
-/// strict mode, the only mode in which pipelock enforces `api_allowlist`. `internal: []` because
+/// strict mode with `allowlist`, the only mode in which pipelock enforces `api_allowlist` (None:
+/// any host, pipelock's default `balanced` mode). `internal: []` because
 /// the scanner resolves no names (addon/README.md, "Exactly once"); the addon checks upstream
 /// addresses where mitmproxy connects. The rate limit cannot be turned off in pipelock; set
 /// beyond what an agent sends. Seed phrases are found from 24 words on, not pipelock's 12: at
 /// 12, ordinary English blocks an agent's conversation (README, "The scanner's config").
-pub fn pipelock_config(allowlist: &[String]) -> String {
+pub fn pipelock_config(allowlist: Option<&[String]>) -> String {
     // Entries are host patterns (`valid_host_pattern`): safe as plain YAML scalars once quoted.
-    let allowlist: String = allowlist
-        .iter()
-        .map(|host| format!("  - \"{host}\"\n"))
-        .collect();
-    "version: 1
-mode: strict
-api_allowlist:
-"
-    .to_string()
-        + &allowlist
+    let strict: String = match allowlist {
+        Some(hosts) => {
+            "mode: strict\napi_allowlist:\n".to_string()
+                + &hosts
+                    .iter()
+                    .map(|host| format!("  - \"{host}\"\n"))
+                    .collect::<String>()
+        }
+        None => String::new(),
+    };
+    "version: 1\n".to_string()
+        + &strict
         + "forward_proxy:
   enabled: true
 request_body_scanning:
@@ -887,12 +902,42 @@ mod tests {
             egress: EgressSpec {
                 network: None,
                 allowlist: DEFAULT_ALLOWLIST.map(String::from).to_vec(),
+                any_host: false,
                 upstream_ca: None,
                 ssrf_allow: vec![],
             },
             credentials: vec![],
             test_verdict_allow: false,
         }
+    }
+
+    #[test]
+    fn any_host_drops_strict_mode_and_the_allowlist_from_the_scanner_config_only() {
+        let mut any = spec();
+        any.egress.any_host = true;
+        let config = |plan: &BottlePlan| {
+            plan.container(Role::Scanner)
+                .files
+                .iter()
+                .find_map(|f| match &f.contents {
+                    FileContents::Text(text) if f.path == SCANNER_CONFIG => Some(text.clone()),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        let strict = config(&plan(&spec()).unwrap());
+        let open = config(&plan(&any).unwrap());
+        assert!(strict.contains("mode: strict\napi_allowlist:\n  - \"api.anthropic.com\""));
+        assert!(
+            !open.lines().any(|l| l.starts_with("mode:")) && !open.contains("api_allowlist"),
+            "{open}"
+        );
+        assert_eq!(
+            strict.lines().filter(|l| !l.starts_with("  - ")).count() - 2,
+            open.lines().count()
+        );
+        any.egress.allowlist.clear();
+        assert!(plan(&any).unwrap().egress.any_host);
     }
 
     #[test]
@@ -1123,10 +1168,10 @@ mod tests {
             trusted_domains ssrf";
         let known: Vec<&str> = PIPELOCK_TOP_LEVEL_KEYS.split_whitespace().collect();
         assert_eq!(known.len(), 56);
-        let config: serde_yaml_ng::Value = serde_yaml_ng::from_str(&pipelock_config(&[
+        let config: serde_yaml_ng::Value = serde_yaml_ng::from_str(&pipelock_config(Some(&[
             "api.anthropic.com".into(),
             "*.githubusercontent.com".into(),
-        ]))
+        ])))
         .unwrap();
         let map = config.as_mapping().unwrap();
         for key in map.keys() {

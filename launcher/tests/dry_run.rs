@@ -43,6 +43,7 @@ fn golden_plan(scanner: ScannerKind) -> BottlePlan {
         egress: EgressSpec {
             network: None,
             allowlist: DEFAULT_ALLOWLIST.map(String::from).to_vec(),
+            any_host: false,
             upstream_ca: Some(UpstreamCa {
                 source: "/home/me/project/corp-proxy-ca.pem".into(),
                 pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),

@@ -5,6 +5,8 @@
 //!   outcome changed against OLD; exit 1 on a regression (PASS to anything else, a case gone,
 //!   a case newly NOT-APPLICABLE); new cases are listed, not failures;
 //! - `--diff OLD NEW`: only that comparison, no run;
+//! - `--corpus DIR` (repeatable): more PARITY cases, from a directory of agent-egress-bench
+//!   case files (under `cargo nextest run`: BOTTLE_CORPUS, `:`-separated);
 //! - what to grade, as `bottle start` names it: `--scanner auto|pipelock|double` (default auto:
 //!   real pipelock when its image is here or pullable, else the double), `--images
 //!   local|pinned`, `--scanner-image REF`, `--mitm-image REF` (under `cargo nextest run`:
@@ -32,6 +34,9 @@ usage: bottle-conformance [OPTIONS] [NEXTEST ARGS...]
                                   index.json); exit 1 on a regression
   --diff OLD NEW                  only compare two reports (exit 1 on a regression, 2 when one
                                   cannot be read)
+  --corpus DIR                    more PARITY cases: a directory of agent-egress-bench case
+                                  files (JSON), besides ../shared/corpus/agent-egress-bench;
+                                  repeatable
   --annotate-junit FILE           only add what the last run graded to a JUnit file
 
 Anything else goes to `cargo nextest run` (e.g. a filter: BLOCK, or --profile ci).
@@ -103,6 +108,15 @@ fn main() -> ExitCode {
         eprintln!("bottle-conformance: the report cannot be reset: {e}");
         return ExitCode::from(2);
     }
+    let corpus = match take_corpus(&mut args) {
+        Ok(corpus) => corpus,
+        Err(e) => {
+            eprintln!("bottle-conformance: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut grading = grading;
+    grading.extend(corpus.map(|dirs| (bottle_harness::corpus::CORPUS_ENV, dirs)));
     let suite = run_suite(&args, &grading);
     let gate = match &baseline {
         Some((path, old)) => match gate::load(&report::Report::from_env().index_path()) {
@@ -118,6 +132,37 @@ fn main() -> ExitCode {
         return suite;
     }
     gate
+}
+
+/// Takes every `--corpus DIR` out of `args`: the directories, absolute and checked, joined as
+/// `BOTTLE_CORPUS` wants them (after any it already names).
+fn take_corpus(args: &mut Vec<String>) -> Result<Option<String>, String> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os(bottle_harness::corpus::CORPUS_ENV)
+        .map(|v| std::env::split_paths(&v).collect())
+        .unwrap_or_default();
+    let before = dirs.len();
+    while let Some(i) = args.iter().position(|a| a == "--corpus") {
+        if i + 1 >= args.len() {
+            return Err("--corpus takes a directory of case files: --corpus DIR".into());
+        }
+        let dir = PathBuf::from(args.remove(i + 1));
+        args.remove(i);
+        let dir = dir.canonicalize().map_err(|e| {
+            format!(
+                "--corpus {}: {e} (give a directory of agent-egress-bench case files)",
+                dir.display()
+            )
+        })?;
+        if !dir.is_dir() {
+            return Err(format!("--corpus {}: not a directory", dir.display()));
+        }
+        dirs.push(dir);
+    }
+    if dirs.len() == before {
+        return Ok(None);
+    }
+    let joined = std::env::join_paths(&dirs).map_err(|e| format!("--corpus: {e}"))?;
+    Ok(Some(joined.to_string_lossy().into_owned()))
 }
 
 /// Prints every case whose outcome changed from `old` to `new`; 1 on a regression.

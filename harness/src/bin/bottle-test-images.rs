@@ -172,7 +172,7 @@ fn start_report(
     use bottle_harness::scenario;
     report::reset()?;
     report::Report::from_env().write_run(run)?;
-    let scenarios = scenario::load_dir(scenario::default_dir())?;
+    let scenarios = scenario::load_all()?;
     let mut settled = 0;
     for case in scenario::expand(&scenarios) {
         if let Some((outcome, reason)) = case.settled(images.graded.scanner_is_double()) {
