@@ -13,6 +13,7 @@ pub mod exec;
 pub mod fault;
 pub mod fixture_bins;
 pub mod gate;
+pub mod generated;
 pub mod host_listener;
 pub mod images;
 pub mod load;

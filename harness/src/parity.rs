@@ -221,6 +221,11 @@ pub fn report_section(results: &[CaseResult]) -> String {
         .flat_map(|c| Protocol::ALL.into_iter().map(move |p| (c, p)))
         .collect();
     let ids: BTreeSet<&str> = parity.iter().map(|r| r.id.as_str()).collect();
+    let generated: BTreeSet<&str> = parity
+        .iter()
+        .filter(|r| r.corpus.as_ref().is_some_and(|c| c.category == "generated"))
+        .map(|r| r.id.as_str())
+        .collect();
     let ran: Vec<&&CaseResult> = parity
         .iter()
         .filter(|r| matches!(r.outcome, Outcome::Pass | Outcome::Fail))
@@ -229,9 +234,11 @@ pub fn report_section(results: &[CaseResult]) -> String {
     let mut out = String::from("## PARITY (P10): the chain decides what the scanner decides\n\n");
     let _ = writeln!(
         out,
-        "{} corpus cases; {} runs over HTTPS through the bottle: {agree} agree with the scanner \
-         asked in plaintext, {} do not; {} not run (below, \"Not passing\").\n",
-        ids.len(),
+        "{} corpus cases and {} generated requests; {} runs over HTTPS through the bottle: \
+         {agree} agree with the scanner asked in plaintext, {} do not; {} not run (below, \"Not \
+         passing\").\n",
+        ids.len() - generated.len(),
+        generated.len(),
         ran.len(),
         ran.len() - agree,
         parity.len() - ran.len()
@@ -396,7 +403,10 @@ mod tests {
             })
             .collect();
         let text = report_section(&results);
-        assert!(text.contains("1 corpus cases; 7 runs"), "{text}");
+        assert!(
+            text.contains("1 corpus cases and 0 generated requests; 7 runs"),
+            "{text}"
+        );
         assert!(text.contains("5 agree"), "{text}");
         assert!(
             text.contains("| headers | 1 | 1/1 | 1/1 | 0/1 | 0/1 | 1/1 | n/a | 1/1 | 1/1 |"),

@@ -511,3 +511,39 @@ async fn parity_fails_when_the_chain_decides_or_answers_otherwise_than_the_scann
     );
     Ok(())
 }
+
+/// The generated lane's negative control: on a bottle whose addon allows every request without
+/// asking the scanner, the lane finds a disagreement, shrinks it to a request that still
+/// carries a credential the scanner blocks, and its scenario file loads back as one.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_generated_parity_lane_finds_and_shrinks_a_disagreement() -> Result<()> {
+    let docker = bottle::docker::connect().await?;
+    let images = images::ensure(&docker).await?;
+    let options = ChainOptions {
+        verdict_stub_allow: true,
+        ..bottle_harness::generated::chain_options()
+    };
+    let mut chain = Chain::up(&docker, &images, options).await?;
+    let found = tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Runtime::new()?;
+        let found = bottle_harness::generated::run_lane(&runtime, &mut chain, 12, false);
+        runtime.block_on(chain.down())?;
+        found
+    })
+    .await??
+    .context("the lane passed on a bottle that allows every request")?;
+    eprintln!(
+        "found: {}\nshrunk to: {:#?}",
+        found.why, found.smallest.request
+    );
+    ensure!(found.why.contains("parity: "), "{}", found.why);
+    ensure!(
+        found.smallest.title.contains("a credential"),
+        "shrunk to a request with nothing to block: {}",
+        found.smallest.title
+    );
+    let text = bottle_harness::generated::scenario_file(&found.smallest)?;
+    let back = scenario::parse_str(&text, std::path::Path::new("parity-found.toml"))?;
+    ensure!(back[0].request == found.smallest.request && back[0].expect.parity);
+    Ok(())
+}
