@@ -44,7 +44,12 @@ pub struct CorpusInfo {
 }
 
 /// The clients of a PARITY case: every HTTP client, h1 and h2.
-pub const CLIENTS: [Client; 4] = [Client::Curl, Client::Node, Client::Python, Client::Httpx];
+pub const CLIENTS: [Client; 4] = [
+    Client::Curl,
+    Client::Node,
+    Client::Python,
+    Client::PythonStdlib,
+];
 
 /// One scenario per case of every directory; a directory that does not exist is an error but
 /// for the shared corpus, which is then one UNIMPLEMENTED scenario saying where it was looked

@@ -96,9 +96,9 @@ pub fn strategy() -> impl Strategy<Value = Generated> {
         Just((Client::Curl, Protocol::H2)),
         Just((Client::Node, Protocol::H1)),
         Just((Client::Node, Protocol::H2)),
-        Just((Client::Httpx, Protocol::H1)),
-        Just((Client::Httpx, Protocol::H2)),
         Just((Client::Python, Protocol::H1)),
+        Just((Client::Python, Protocol::H2)),
+        Just((Client::PythonStdlib, Protocol::H1)),
     ];
     let method = prop_oneof![
         Just("GET"),

@@ -409,7 +409,7 @@ mod tests {
         );
         assert!(text.contains("5 agree"), "{text}");
         assert!(
-            text.contains("| headers | 1 | 1/1 | 1/1 | 0/1 | 0/1 | 1/1 | n/a | 1/1 | 1/1 |"),
+            text.contains("| headers | 1 | 1/1 | 1/1 | 0/1 | 0/1 | 1/1 | 1/1 | 1/1 | n/a |"),
             "{text}"
         );
         assert!(
@@ -420,6 +420,9 @@ mod tests {
         );
         assert!(text.contains("1 of 1 cases as expected"), "{text}");
         assert_eq!(report_section(&[]), "");
+        let index = crate::report::Index::build(results, Vec::new());
+        let times = index.time_by_family();
+        assert!(times.contains("| PARITY | 7 |"), "{times}");
     }
 
     #[test]

@@ -201,8 +201,14 @@ async fn bring_up(
     Ok(chains)
 }
 
-/// One bottle for each set of options other than the default that a scenario asks for, one
-/// after the other (the cases are running by now), each offered once it is up.
+/// Bottles for a set of options other than the default: one more for each this many cases.
+const CASES_PER_BOTTLE: usize = 40;
+/// At most this many (as many as the containers group runs at once).
+const MAX_PER_OPTIONS: usize = 3;
+
+/// One bottle for each set of options other than the default that a scenario asks for (more for
+/// a set many cases share), one after the other (the cases are running by now), each offered
+/// once it is up.
 async fn bring_up_other_options(
     docker: &Docker,
     images: &TestImages,
@@ -216,14 +222,28 @@ async fn bring_up_other_options(
             return;
         }
     };
-    let mut wanted: BTreeMap<String, ChainOptions> = BTreeMap::new();
+    // Options, and how many cases ask for them.
+    let mut wanted: BTreeMap<String, (ChainOptions, usize)> = BTreeMap::new();
     for case in scenario::expand(&scenarios) {
+        if case.settled(false).is_some() {
+            continue;
+        }
         let options = runner::options_for(&case);
         if let Some(key) = options.pool_key().filter(|k| k != DEFAULT_KEY) {
-            wanted.entry(key).or_insert(options);
+            wanted.entry(key).or_insert((options, 0)).1 += 1;
         }
     }
-    for (key, options) in wanted {
+    // The first bottle of every set of options, then more for the sets many cases share
+    // (PARITY's), so that they do not all wait for one.
+    let mut queue: Vec<(String, ChainOptions)> = Vec::new();
+    for extra in 0..MAX_PER_OPTIONS {
+        for (key, (options, cases)) in &wanted {
+            if extra == 0 || *cases > extra * CASES_PER_BOTTLE {
+                queue.push((key.clone(), options.clone()));
+            }
+        }
+    }
+    for (key, options) in queue {
         let chain = match Chain::up(docker, images, options).await {
             Ok(chain) => chain,
             Err(e) => {

@@ -44,9 +44,11 @@ const EXEC_GRACE: Duration = Duration::from_secs(15);
 pub enum Client {
     Curl,
     Node,
+    /// httpx, the client of Python agents (the Anthropic SDK), HTTP/1.1 and h2.
     Python,
-    /// httpx, the client of Python agents (the Anthropic SDK), h1 and h2; named by scenarios.
-    Httpx,
+    /// Python's standard library (`http.client`): a second Python HTTP/1.1 implementation.
+    #[serde(rename = "python-stdlib")]
+    PythonStdlib,
     /// The real Claude Code (`claude -p`), in the Claude agent image.
     Claude,
     /// Raw bytes through a CONNECT tunnel (the request's `raw` options); h1 only.
@@ -59,13 +61,18 @@ pub enum Client {
 
 impl Client {
     /// The HTTP clients: what a scenario runs when it names none.
-    pub const ALL: [Client; 3] = [Client::Curl, Client::Node, Client::Python];
+    pub const ALL: [Client; 4] = [
+        Client::Curl,
+        Client::Node,
+        Client::Python,
+        Client::PythonStdlib,
+    ];
     /// Every client, Claude Code included (scenarios name it explicitly).
     pub const EVERY: [Client; 8] = [
         Client::Curl,
         Client::Node,
         Client::Python,
-        Client::Httpx,
+        Client::PythonStdlib,
         Client::Claude,
         Client::Raw,
         Client::Inspect,
@@ -77,7 +84,7 @@ impl Client {
             Client::Curl => "curl",
             Client::Node => "node",
             Client::Python => "python",
-            Client::Httpx => "httpx",
+            Client::PythonStdlib => "python-stdlib",
             Client::Claude => "claude",
             Client::Raw => "raw",
             Client::Inspect => "inspect",
@@ -88,9 +95,9 @@ impl Client {
     /// Why this client cannot run a case over `protocol`, if it cannot.
     pub fn cannot_speak(self, protocol: Protocol) -> Option<&'static str> {
         match (self, protocol) {
-            (Client::Python, Protocol::H2) => {
-                Some("the python client (standard library) speaks HTTP/1.1 only")
-            }
+            (Client::PythonStdlib, Protocol::H2) => Some(
+                "python-stdlib (Python's http.client) speaks HTTP/1.1 only; python (httpx) speaks h2",
+            ),
             (Client::Claude, Protocol::H2) => {
                 Some("Claude Code picks its own protocol; its cases run once, listed as h1")
             }
@@ -243,7 +250,7 @@ impl ProbeRequest {
         let body = self.body.as_deref()?;
         let reads_stdin = matches!(
             client,
-            Client::Curl | Client::Node | Client::Python | Client::Httpx
+            Client::Curl | Client::Node | Client::Python | Client::PythonStdlib
         );
         (reads_stdin && body.len() > STDIN_BODY_ABOVE).then_some(body)
     }
@@ -421,8 +428,8 @@ fn command(client: Client, spec: &str, env: &[(String, Option<String>)]) -> Vec<
     match client {
         Client::Curl => cmd.extend(["python3".into(), format!("{PROBE_DIR}/probe-curl.py")]),
         Client::Node => cmd.extend(["node".into(), format!("{PROBE_DIR}/probe.js")]),
-        Client::Python => cmd.extend(["python3".into(), format!("{PROBE_DIR}/probe.py")]),
-        Client::Httpx => cmd.extend(["python3".into(), format!("{PROBE_DIR}/probe-httpx.py")]),
+        Client::Python => cmd.extend(["python3".into(), format!("{PROBE_DIR}/probe-httpx.py")]),
+        Client::PythonStdlib => cmd.extend(["python3".into(), format!("{PROBE_DIR}/probe.py")]),
         Client::Claude => cmd.extend(["python3".into(), format!("{PROBE_DIR}/probe-claude.py")]),
         Client::Raw => cmd.extend(["python3".into(), format!("{PROBE_DIR}/probe-raw.py")]),
         Client::Inspect => cmd.extend(["python3".into(), format!("{PROBE_DIR}/probe-inspect.py")]),
@@ -491,8 +498,10 @@ mod tests {
         assert_eq!(Protocol::H2.to_string(), "h2");
         assert_eq!(serde_json::to_string(&Client::Curl).unwrap(), "\"curl\"");
         assert_eq!(serde_json::to_string(&Protocol::H1).unwrap(), "\"h1\"");
-        assert!(!Client::Python.supports(Protocol::H2));
-        assert_eq!(Client::combinations().len(), 5);
+        assert!(Client::Python.supports(Protocol::H2));
+        assert!(!Client::PythonStdlib.supports(Protocol::H2));
+        assert_eq!(Client::PythonStdlib.to_string(), "python-stdlib");
+        assert_eq!(Client::combinations().len(), 7);
     }
 
     #[test]

@@ -236,7 +236,7 @@ pub struct Index {
 }
 
 impl Index {
-    fn build(results: Vec<CaseResult>, mut warnings: Vec<String>) -> Index {
+    pub(crate) fn build(results: Vec<CaseResult>, mut warnings: Vec<String>) -> Index {
         let mut results = results;
         results.sort_by(|a, b| a.name.cmp(&b.name));
         let mut counts = Counts::default();
@@ -345,7 +345,11 @@ impl Index {
             .iter()
             .filter(|r| matches!(r.outcome, Outcome::Pass | Outcome::Fail))
         {
-            let family = r.id.rsplit_once('-').map_or(r.id.as_str(), |(f, _)| f);
+            // `FAMILY-NNN`, and `PARITY-<case id>`.
+            let family = match r.id.split_once('-') {
+                Some(("PARITY", _)) => "PARITY",
+                _ => r.id.rsplit_once('-').map_or(r.id.as_str(), |(f, _)| f),
+            };
             let entry = families.entry(family).or_insert((0, 0, 0, ""));
             entry.0 += 1;
             entry.1 += r.duration_ms;
@@ -887,6 +891,7 @@ mod tests {
 id = "BLOCK-001"
 title = "A credential | in a body is blocked"
 property = "P1"
+clients = ["curl", "node", "python-stdlib"]
 [scenario.request]
 url = "https://api.anthropic.com/"
 [scenario.expect]
@@ -931,6 +936,7 @@ title = "CL.TE"
 class = "h1 framing"
 technique = "request smuggling, CL.TE"
 property = "P7"
+clients = ["curl", "node", "python-stdlib"]
 [scenario.request]
 url = "https://example.com/"
 [scenario.expect]
@@ -947,7 +953,7 @@ secret = "AKIA"
         }
         let index = report.index().unwrap();
         let lane = index.bypass_by_class();
-        // Node's cases fail and python's h2 does not apply (result() above): 3 of 6 pass.
+        // Node's cases fail and python-stdlib's h2 does not apply (result() above): 3 of 6 pass.
         assert!(
             lane.contains(
                 "### h1 framing — 1 techniques; 6 cases: 3 passed, 2 failed, 1 not run; 0.1 s"
@@ -975,7 +981,7 @@ secret = "AKIA"
         assert!(
             report
                 .results_dir()
-                .join("BLOCK-001__python__h2.json")
+                .join("BLOCK-001__python-stdlib__h2.json")
                 .is_file()
         );
         let index = report.index().unwrap();
@@ -1015,12 +1021,14 @@ secret = "AKIA"
         let md = std::fs::read_to_string(report.markdown_path()).unwrap();
         assert!(
             md.contains(
-                "| BLOCK-001 | P1 | A credential \\| in a body is blocked | PASS | PASS | PASS | FAIL | PASS | N-A |"
+                "| BLOCK-001 | P1 | A credential \\| in a body is blocked | PASS | PASS | PASS | FAIL |  |  | PASS | N-A |"
             ),
             "{md}"
         );
         assert!(
-            md.contains("| PASS-001 | P2 | A clean request passes | PASS | PASS |  |  |  |  |"),
+            md.contains(
+                "| PASS-001 | P2 | A clean request passes | PASS | PASS |  |  |  |  |  |  |"
+            ),
             "{md}"
         );
         assert!(

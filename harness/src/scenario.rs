@@ -3,7 +3,7 @@
 //! [`load_dir`] reads and checks every file (unknown keys are errors, so a typo names its file and
 //! key); [`expand`] turns each scenario into one [`Case`] per client × protocol, named
 //! `BLOCK-001::curl::h2` so that `cargo nextest run BLOCK-001` selects it. A combination that
-//! cannot run (python speaks HTTP/1.1 only) stays in the list as NOT-APPLICABLE with its reason:
+//! cannot run (python-stdlib speaks HTTP/1.1 only) stays in the list as NOT-APPLICABLE with its reason:
 //! nothing is dropped silently.
 
 use std::collections::{BTreeMap, HashMap};
@@ -1083,7 +1083,12 @@ pub(crate) fn validate(s: &Scenario) -> Vec<String> {
         if request.body.is_none() && request.body_base64.is_none() {
             problems.push("request.body_repeat repeats a body: give one".into());
         }
-        let repeating = [Client::Curl, Client::Node, Client::Python, Client::Httpx];
+        let repeating = [
+            Client::Curl,
+            Client::Node,
+            Client::Python,
+            Client::PythonStdlib,
+        ];
         if let Some(client) = s.clients.iter().find(|c| !repeating.contains(c)) {
             problems.push(format!(
                 "request.body_repeat: the {client} client cannot repeat a body"
@@ -1103,14 +1108,24 @@ pub(crate) fn validate(s: &Scenario) -> Vec<String> {
         if traffic.secret.is_some() != traffic.plant_in.is_some() {
             problems.push("request.agent_traffic: give secret and plant_in together".into());
         }
-        let senders = [Client::Curl, Client::Node, Client::Python, Client::Httpx];
+        let senders = [
+            Client::Curl,
+            Client::Node,
+            Client::Python,
+            Client::PythonStdlib,
+        ];
         if let Some(client) = s.clients.iter().find(|c| !senders.contains(c)) {
             problems.push(format!(
                 "request.agent_traffic: the {client} client cannot send a conversation"
             ));
         }
     }
-    let senders = [Client::Curl, Client::Node, Client::Python, Client::Httpx];
+    let senders = [
+        Client::Curl,
+        Client::Node,
+        Client::Python,
+        Client::PythonStdlib,
+    ];
     if let Some(client) = s.expect.replayed_by.iter().find(|c| !senders.contains(c)) {
         problems.push(format!(
             "expect.replayed_by: the {client} client cannot replay a request"
@@ -1743,11 +1758,11 @@ unimplemented = "needs an exec probe"
     fn expansion_gives_one_named_case_per_client_and_protocol() {
         let all = parse(VALID).unwrap();
         let cases = expand(&all);
-        // BLOCK-001: 3 × 2; STREAM-001: [node, curl] × [h2]; CA-001: 3 × 2.
-        assert_eq!(cases.len(), 6 + 2 + 6);
+        // BLOCK-001: 4 × 2; STREAM-001: [node, curl] × [h2]; CA-001: 4 × 2.
+        assert_eq!(cases.len(), 8 + 2 + 8);
         let names: Vec<_> = cases.iter().map(Case::name).collect();
         assert_eq!(
-            names[..8],
+            names[..10],
             [
                 "BLOCK-001::curl::h1",
                 "BLOCK-001::curl::h2",
@@ -1755,6 +1770,8 @@ unimplemented = "needs an exec probe"
                 "BLOCK-001::node::h2",
                 "BLOCK-001::python::h1",
                 "BLOCK-001::python::h2",
+                "BLOCK-001::python-stdlib::h1",
+                "BLOCK-001::python-stdlib::h2",
                 "STREAM-001::curl::h2",
                 "STREAM-001::node::h2",
             ]
@@ -1763,22 +1780,21 @@ unimplemented = "needs an exec probe"
     }
 
     #[test]
-    fn python_over_h2_is_not_applicable_not_dropped() {
+    fn python_stdlib_over_h2_is_not_applicable_not_dropped_and_python_speaks_h2() {
         let cases = expand(&parse(VALID).unwrap());
-        let py_h2 = cases
+        let stdlib_h2 = cases
             .iter()
-            .find(|c| c.name() == "BLOCK-001::python::h2")
+            .find(|c| c.name() == "BLOCK-001::python-stdlib::h2")
             .unwrap();
-        let (outcome, reason) = py_h2.settled(false).unwrap();
+        let (outcome, reason) = stdlib_h2.settled(false).unwrap();
         assert_eq!(outcome, Outcome::NotApplicable);
         assert!(reason.contains("HTTP/1.1 only"), "{reason}");
-        let py_h1 = cases
-            .iter()
-            .find(|c| c.name() == "BLOCK-001::python::h1")
-            .unwrap();
-        assert_eq!(py_h1.settled(true), None);
+        for name in ["BLOCK-001::python::h1", "BLOCK-001::python::h2"] {
+            let py = cases.iter().find(|c| c.name() == name).unwrap();
+            assert_eq!(py.settled(true), None, "{name}");
+        }
         let applicable = cases.iter().filter(|c| c.not_applicable.is_none()).count();
-        assert_eq!(applicable, 14 - 2);
+        assert_eq!(applicable, 18 - 2);
     }
 
     #[test]
