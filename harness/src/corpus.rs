@@ -233,21 +233,12 @@ fn request(case: &Value) -> std::result::Result<Request, String> {
         Value::String(s) => Some(s.clone()),
         other => Some(other.to_string()),
     };
+    let method = payload["method"].as_str().unwrap_or("GET");
     Ok(Request {
-        method: payload["method"]
-            .as_str()
-            .unwrap_or("GET")
-            .to_ascii_uppercase(),
-        url: url.to_string(),
         headers,
         body,
         body_base64: payload["body_base64"].as_str().map(str::to_string),
-        body_repeat: None,
-        agent_traffic: None,
-        no_proxy: false,
-        timeout_ms: None,
-        raw: None,
-        load: None,
+        ..Request::new(&method.to_ascii_uppercase(), url)
     })
 }
 

@@ -246,17 +246,9 @@ impl Generated {
             url = format!("{url}?{}", pairs.join("&"));
         }
         Request {
-            method: self.method.to_string(),
-            url,
             headers: headers.into_iter().collect(),
-            body: None,
             body_base64: body.map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
-            body_repeat: None,
-            agent_traffic: None,
-            no_proxy: false,
-            timeout_ms: None,
-            raw: None,
-            load: None,
+            ..Request::new(self.method, &url)
         }
     }
 

@@ -445,22 +445,13 @@ mod tests {
     #[test]
     fn the_scanner_is_asked_as_the_addon_asks() {
         let request = Request {
-            method: "HEAD".into(),
-            url: "https://evil.example.com/x".into(),
             headers: [
                 ("X-Api-Key".to_string(), "k".to_string()),
                 ("Transfer-Encoding".to_string(), "chunked".to_string()),
                 ("Host".to_string(), "other.example".to_string()),
             ]
             .into(),
-            body: None,
-            body_base64: None,
-            body_repeat: None,
-            agent_traffic: None,
-            no_proxy: false,
-            timeout_ms: None,
-            raw: None,
-            load: None,
+            ..Request::new("HEAD", "https://evil.example.com/x")
         };
         let text = String::from_utf8(fidelity::request_bytes(
             &addon_row(&request, "p-1").unwrap(),

@@ -605,6 +605,23 @@ fn default_method() -> String {
 }
 
 impl Request {
+    /// `method url`, no header, no body, every option at its default.
+    pub fn new(method: &str, url: &str) -> Request {
+        Request {
+            method: method.to_string(),
+            url: url.to_string(),
+            headers: BTreeMap::new(),
+            body: None,
+            body_base64: None,
+            body_repeat: None,
+            agent_traffic: None,
+            no_proxy: false,
+            timeout_ms: None,
+            raw: None,
+            load: None,
+        }
+    }
+
     /// The body to send: `body` as UTF-8 bytes, `body_base64` decoded, or the conversation
     /// `agent_traffic` asks for; `None` for no body.
     pub fn body_bytes(&self) -> Result<Option<Vec<u8>>, base64::DecodeError> {
